@@ -1,0 +1,52 @@
+"""`kd evaluate RUN...`: one table comparing every model of every run on a test split."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from kdcli.cli import options as o
+from kdcli.cli.common import handle_errors
+
+
+@handle_errors
+def evaluate(
+    runs: Annotated[list[str], typer.Argument(help="Run directories (RUN or RUN:role).")],
+    dataset: o.Dataset = None,
+    data_dir: o.DataDir = None,
+    device: o.Device = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Evaluation batch size.")] = 1024,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure CPU latency per image.")] = True,
+    json: o.Json = False,
+) -> None:
+    """Score runs on the test split: top-1/top-5, params, size, CPU latency, agreement with the teacher.
+
+    Rebuilds every model from the run directory alone. With --dataset, evaluates on another dataset,
+    refused unless its classes, channels and image size match.
+    """
+    from kdcli.evaluate import evaluate_runs
+    from kdcli.report import print_json, print_table
+
+    rows = evaluate_runs(runs, dataset=dataset, data_dir=data_dir, device=device or "auto", batch_size=batch_size,
+                         measure_latency=latency)
+    if json:
+        print_json(rows)
+        return
+    print_table(
+        "kd evaluate",
+        ["run", "role", "model", "dataset", "top-1 %", "top-5 %", "params", "size", "CPU ms/img", "agree w/ teacher %"],
+        [[r["run"], r["role"], r["model"], r["dataset"], r["top1"] * 100, r["top5"] * 100, r["params"],
+          _size(r["size_bytes"]), r["cpu_latency_ms"], None if r["agreement"] is None else r["agreement"] * 100]
+         for r in rows],
+    )
+
+
+def _size(n: int | None) -> str | None:
+    if n is None:
+        return None
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return None

@@ -1,0 +1,377 @@
+"""The one training loop every command uses.
+
+It owns the device, precision, CUDA graphs, the learning-rate schedule, evaluation, progress,
+metrics and checkpoints; it never names a method. Speed rules (DESIGN.md): data lives on the
+device as uint8 and is augmented there in batches; losses are summed on the device and read back
+only every ``log_every`` steps, so the GPU is never stalled by a host sync per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from kdcli import checkpoint
+from kdcli.config import OptimConfig, RunConfig, TrainConfig
+from kdcli.data.base import DatasetInfo, ImageSet
+from kdcli.data.loader import DeviceLoader
+from kdcli.errors import Interrupted, KDError
+from kdcli.methods.base import Method
+
+console = Console(stderr=True, log_path=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and precision
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; naming an absent device is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KDError("--device cuda asked for, but no CUDA GPU is visible to torch; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise KDError("--device mps asked for, but MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def setup_device(device: torch.device) -> None:
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto`` = bf16 on CUDA, fp32 elsewhere."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    # cache off: required for CUDA graph capture, and harmless otherwise
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedule: a pure function of the step, so resuming needs no scheduler state
+
+
+def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    return 1.0
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            if not group.get("fixed_lr", False):
+                group["lr"] = group["initial_lr"] * factor
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: ImageSet,
+    info: DatasetInfo,
+    device: torch.device,
+    batch_size: int = 1024,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Logits of ``model`` for every image of ``data``, as float32 on the CPU, in order."""
+    was_training = model.training
+    model.eval()
+    loader = DeviceLoader(
+        data, batch_size, mean=info.mean, std=info.std, device=device, shuffle=False, drop_last=False,
+        channels_last=device.type == "cuda",
+    )
+    outputs = []
+    with autocast(device, dtype):
+        for images, _ in loader.epoch(0):
+            outputs.append(model(images).float())
+    model.train(was_training)
+    return torch.cat(outputs).cpu()
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return (top == labels.view(-1, 1)).any(dim=1).float().mean().item()
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+
+
+def evaluate_models(
+    models: dict[str, nn.Module], data: ImageSet, info: DatasetInfo, device: torch.device, batch_size: int,
+    dtype: torch.dtype | None,
+) -> dict[str, dict[str, float]]:
+    return {role: score(predict(m, data, info, device, batch_size, dtype), data.labels) for role, m in models.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    test: dict[str, dict[str, float]]
+    val: dict[str, dict[str, float]]
+    wall_time_s: float
+    images_per_s: float
+    interrupted: bool = False
+
+
+@dataclass
+class RunWriter:
+    """Writes the run directory (only on the main process). Created lazily at the first checkpoint."""
+
+    path: Path | None
+    describe: Callable[[], dict[str, Any]] = field(default=lambda: {})
+
+    @property
+    def active(self) -> bool:
+        return self.path is not None
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        if self.path is not None:
+            checkpoint.append_jsonl(self.path / "metrics.jsonl", row)
+
+    def run_json(self, extra: dict[str, Any]) -> None:
+        if self.path is not None:
+            checkpoint.write_json(self.path / checkpoint.RUN_FILE, {**self.describe(), **extra})
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop after the current step and save; the second one aborts."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (tests); Ctrl-C handling stays default
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _maybe_graph(method: Method, sample: torch.Tensor, cfg: TrainConfig, device: torch.device, dtype: Any) -> bool:
+    """Capture each graphable model's forward+backward as a CUDA graph (small nets are launch-bound)."""
+    if device.type != "cuda" or cfg.cuda_graphs == "off":
+        return False
+    models = method.graphable_models()
+    if not models:
+        return False
+    try:
+        with autocast(device, dtype):
+            for model in models.values():
+                torch.cuda.make_graphed_callables(model, (sample,), num_warmup_iters=3)
+        for p in method.trainable_parameters():
+            p.grad = None
+        return True
+    except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager execution
+        if cfg.cuda_graphs == "on":
+            raise KDError(f"CUDA graph capture failed: {str(err).splitlines()[0]}") from None
+        console.log(f"[yellow]CUDA graphs unavailable ({str(err).splitlines()[0]}); running eagerly")
+        return False
+
+
+def fit(
+    method: Method,
+    config: RunConfig,
+    train_loader: DeviceLoader | None,
+    val_set: ImageSet | None,
+    test_set: ImageSet,
+    info: DatasetInfo,
+    device: torch.device,
+    writer: RunWriter,
+    resume: dict[str, Any] | None = None,
+    quiet: bool = False,
+    after_step: Callable[[Method, int], None] | None = None,
+) -> FitResult:
+    """Train ``method`` for ``config.train.epochs`` epochs; evaluate on val each epoch and on test at the end."""
+    cfg = config.train
+    dtype = resolve_precision(cfg.precision, device)
+    method.to(device)
+    if device.type == "cuda":
+        method.to(memory_format=torch.channels_last)
+    steps = len(train_loader) if train_loader is not None else (method.steps_per_epoch() or 0)
+    if steps <= 0:
+        raise KDError("nothing to train on: the training split is smaller than one batch; lower --batch-size")
+    optimizers = method.configure_optimizers()
+    method.optimizers = optimizers
+    set_lr(optimizers, 1.0)  # records initial_lr
+
+    start_epoch, start_step, history, elapsed = 0, 0, [], 0.0
+    partial: dict[str, torch.Tensor] = {}
+    if resume is not None:
+        method.load_trained_state({k: v.to(device) for k, v in resume["method"].items()})
+        for opt, opt_state in zip(optimizers, resume["optimizers"]):
+            opt.load_state_dict(opt_state)
+        _set_rng_state(resume["rng"], device)
+        start_epoch, start_step = int(resume["epoch"]), int(resume["step"])
+        history, elapsed = list(resume["history"]), float(resume["elapsed"])
+        partial = {k: v.to(device) for k, v in resume.get("partial", {}).items()}
+
+    def save_state(epoch: int, step: int, sums: dict[str, torch.Tensor]) -> None:
+        if not writer.active:
+            return
+        checkpoint.save_state(
+            writer.path / checkpoint.STATE_FILE,
+            {
+                "epoch": epoch,
+                "step": step,
+                "method": method.trained_state(),
+                "optimizers": [opt.state_dict() for opt in optimizers],
+                "rng": _rng_state(device),
+                "history": history,
+                "elapsed": elapsed + (time.perf_counter() - t_start),
+                "partial": {k: v.detach() for k, v in sums.items()},
+            },
+        )
+        writer.run_json({"status": "running", "epoch": epoch, "step": step})
+
+    graphed = False
+    if train_loader is not None and method.graphable_models() and device.type == "cuda":
+        sample = next(iter(train_loader.epoch(start_epoch)))[0]
+        rng = _rng_state(device)
+        graphed = _maybe_graph(method, sample, cfg, device, dtype)
+        _set_rng_state(rng, device)
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet,
+    )
+    t_start = time.perf_counter()
+    images_seen = 0
+    result_interrupted = False
+    with _StopFlag() as stop, progress:
+        task = progress.add_task("train", total=steps, stats="")
+        for epoch in range(start_epoch, cfg.epochs):
+            method.train()
+            method.on_epoch_start(epoch)
+            first = start_step if epoch == start_epoch else 0
+            sums = partial if epoch == start_epoch and partial else {}
+            progress.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=first)
+            batches: Iterator[Any] = train_loader.epoch(epoch, first) if train_loader is not None else iter(
+                [None] * (steps - first)
+            )
+            t_epoch = time.perf_counter()
+            step = first
+            for step, batch in enumerate(batches, start=first):
+                global_step = epoch * steps + step
+                set_lr(optimizers, lr_factor(config.optim, global_step, steps, cfg.epochs))
+                if not method.manual_optimization:
+                    for opt in optimizers:
+                        opt.zero_grad(set_to_none=True)
+                with autocast(device, dtype):
+                    parts = method.training_step(batch, global_step)
+                if not method.manual_optimization:
+                    parts["loss"].backward()
+                    for opt in optimizers:
+                        opt.step()
+                if after_step is not None:
+                    after_step(method, global_step)
+                for name, value in parts.items():
+                    value = value.detach().float()
+                    sums[name] = sums[name] + value if name in sums else value.clone()
+                if batch is not None:
+                    images_seen += int(batch[1].shape[0])
+                done = step + 1 - first
+                if not quiet and (done % cfg.log_every == 0 or step + 1 == steps):
+                    means = {k: v.item() / (step + 1) for k, v in sums.items()}
+                    stats = " ".join(f"{k} {v:.3f}" for k, v in means.items() if k in ("loss", "acc"))
+                    rate = done / max(1e-9, time.perf_counter() - t_epoch)
+                    progress.update(task, completed=step + 1, stats=f"{stats} {rate:.1f} it/s")
+                if stop.stop:
+                    save_state(epoch, step + 1, sums)
+                    where = writer.path if writer.active else "(no run directory)"
+                    raise Interrupted(
+                        f"interrupted at epoch {epoch + 1} step {step + 1}; saved. Resume with --resume {where}"
+                    )
+            if step + 1 != steps and train_loader is not None and first < steps:
+                raise KDError("internal: loader yielded fewer batches than expected")
+            epoch_time = time.perf_counter() - t_epoch
+            row: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(epoch_time, 3)}
+            row.update({f"train_{k}": v.item() / steps for k, v in sums.items()})
+            row["lr"] = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0
+            if val_set is not None:
+                val = evaluate_models(method.eval_models(), val_set, info, device, cfg.eval_batch_size, dtype)
+                row.update({f"val_top1/{role}": r["top1"] for role, r in val.items()})
+            history.append(row)
+            writer.metrics(row)
+            if not quiet:
+                shown = " ".join(
+                    f"{k.replace('train_', '')} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "time_s")
+                )
+                console.log(f"epoch {epoch + 1}/{cfg.epochs} {shown} ({epoch_time:.1f}s)")
+            partial = {}
+            save_state(epoch + 1, 0, {})
+    wall = elapsed + time.perf_counter() - t_start
+    models = method.eval_models()
+    test = evaluate_models(models, test_set, info, device, cfg.eval_batch_size, dtype)
+    val_final = evaluate_models(models, val_set, info, device, cfg.eval_batch_size, dtype) if val_set is not None else {}
+    rate = images_seen / max(1e-9, time.perf_counter() - t_start)
+    del graphed
+    return FitResult(history, test, val_final, wall, rate, result_interrupted)

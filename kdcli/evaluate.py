@@ -1,0 +1,116 @@
+"""Scoring saved runs: what `kd evaluate` shows. Every model is rebuilt from its run directory alone."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcli import checkpoint
+from kdcli.data import get_dataset
+from kdcli.data.base import DatasetInfo, ImageSet
+from kdcli.engine import predict, resolve_precision, score, select_device, setup_device
+from kdcli.errors import KDError
+from kdcli.methods import METHODS, make_params
+
+
+def cpu_latency_ms(model: nn.Module, info: DatasetInfo, repeats: int = 30) -> float:
+    """Median wall time of one single-image forward pass on the CPU, in milliseconds."""
+    cpu_model = model.to("cpu").eval()
+    x = torch.randn(1, info.channels, info.image_size, info.image_size)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 5):
+            t0 = time.perf_counter()
+            cpu_model(x)
+            if i >= 5:
+                times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def load_run_models(run_dir: Path, info_json: dict[str, Any], device: torch.device) -> dict[str, tuple[nn.Module, int]]:
+    """Every saved role of a run, as ``role → (model, bytes on disk)``, plus rows its method assembles."""
+    loaded: dict[str, tuple[nn.Module, int]] = {}
+    for role, desc in info_json["roles"].items():
+        path = run_dir / desc["file"]
+        model, _ = checkpoint.load_model(path, device)
+        loaded[role] = (model, path.stat().st_size)
+    if info_json.get("method") in METHODS:
+        entry, _ = METHODS.resolve(info_json["method"])
+        params = make_params(entry.builder.Params, info_json.get("params", {}), info_json["method"])
+        assembled = entry.builder.assemble_eval({r: m for r, (m, _) in loaded.items()}, params)
+        for role, model in assembled.items():
+            if role not in loaded:
+                loaded[role] = (model, None)
+    return loaded
+
+
+def _dataset_for(info_json: dict[str, Any], dataset: str | None, data_dir: str | None):
+    stored = info_json["dataset"]
+    name = dataset or stored["name"]
+    data = get_dataset(name, data_dir or info_json["config"]["data"].get("data_dir"))
+    info = data.info
+    if dataset and dataset != stored["name"]:
+        mismatch = [
+            f"{key} {stored[key]} vs {getattr(info, key)}"
+            for key in ("num_classes", "channels", "image_size")
+            if stored[key] != getattr(info, key)
+        ]
+        if mismatch:
+            raise KDError(f"cannot evaluate a {stored['name']} run on {name}: {', '.join(mismatch)}")
+    return data, info
+
+
+def evaluate_runs(
+    runs: list[str], dataset: str | None = None, data_dir: str | None = None, device: str = "auto",
+    batch_size: int = 1024, measure_latency: bool = True,
+) -> list[dict[str, Any]]:
+    if not runs:
+        raise KDError("give at least one run directory")
+    dev = select_device(device)
+    setup_device(dev)
+    dtype = resolve_precision("auto", dev)
+    rows: list[dict[str, Any]] = []
+    cache: dict[tuple[str, str | None], tuple[ImageSet, DatasetInfo]] = {}
+    for ref in runs:
+        run_dir, only_role, info_json = checkpoint.resolve_role(ref) if ":" in ref and not Path(ref).exists() else (
+            Path(ref), None, checkpoint.read_run(ref))
+        if info_json.get("status") != "complete":
+            raise KDError(f"run {ref} is not complete (status {info_json.get('status')}); resume it first")
+        key = (dataset or info_json["dataset"]["name"], data_dir)
+        if key not in cache:
+            data, info = _dataset_for(info_json, dataset, data_dir)
+            cache[key] = (data.load("test"), info)
+        test, info = cache[key]
+        models = load_run_models(run_dir, info_json, dev)
+        teacher_pred = None
+        if info_json.get("teacher"):
+            teacher_ref = f"{info_json['teacher']['run']}:{info_json['teacher']['role']}"
+            try:
+                teacher, _ = checkpoint.load_run_model(teacher_ref, dev)
+                teacher_pred = predict(teacher, test, info, dev, batch_size, dtype).argmax(1)
+            except KDError:
+                teacher_pred = None  # the teacher run was moved or deleted: agreement shown as —
+        for role, (model, size) in models.items():
+            if only_role and role != only_role:
+                continue
+            logits = predict(model, test, info, dev, batch_size, dtype)
+            result = score(logits, test.labels)
+            rows.append({
+                "run": str(run_dir),
+                "role": role,
+                "model": getattr(getattr(model, "spec", None), "arch", type(model).__name__),
+                "dataset": info.name,
+                "top1": result["top1"],
+                "top5": result["top5"],
+                "params": sum(p.numel() for p in model.parameters()),
+                "size_bytes": size,
+                "cpu_latency_ms": round(cpu_latency_ms(model, info), 3) if measure_latency else None,
+                "agreement": None if teacher_pred is None else (logits.argmax(1) == teacher_pred).float().mean().item(),
+            })
+            model.to(dev)
+    return rows

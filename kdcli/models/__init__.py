@@ -1,0 +1,106 @@
+"""Image classifiers by name: the model registry, ``create_model`` and rebuilding from a checkpoint spec.
+
+Every model is a :class:`~kdcli.models.base.StagedNet` (stem → stages → pool → classifier) that
+adapts to any input channels, image size (8×8 digits up to 32×32 CIFAR) and class count.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from kdcli.errors import KDError
+from kdcli.models.base import Features, ModelSpec, StagedNet
+from kdcli.registry import Registry
+
+__all__ = [
+    "MODELS",
+    "Features",
+    "ModelSpec",
+    "StagedNet",
+    "count_parameters",
+    "create_model",
+    "model_from_spec",
+]
+
+ModelBuilder = Callable[..., StagedNet]
+
+MODELS: Registry[ModelBuilder] = Registry("model")
+
+# Arguments every builder takes; everything else a builder accepts is a user-settable option.
+_GEOMETRY = ("in_channels", "image_size", "num_classes")
+
+
+def _check_geometry(in_channels: int, image_size: int, num_classes: int) -> None:
+    for label, value in zip(_GEOMETRY, (in_channels, image_size, num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KDError(f"model {label} must be a positive integer, got {value!r}.")
+
+
+def _check_options(name: str, builder: ModelBuilder, captured: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """Reject options the builder does not take, or that the name already fixes (``depth`` of ``wrn-40-2``)."""
+    fixed = sorted(set(options) & set(captured))
+    if fixed:
+        raise KDError(f"model option {fixed[0]!r} is set by the name {name!r}; change the name instead.")
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = [p for p in parameters if p not in _GEOMETRY and p not in captured]
+    for option in options:
+        if option not in allowed:
+            valid = ", ".join(allowed) if allowed else "none"
+            raise KDError(f"model {name!r} has no option {option!r} (its options: {valid}).")
+
+
+def create_model(name: str, in_channels: int, image_size: int, num_classes: int, **kwargs: Any) -> StagedNet:
+    """Build the model registered as ``name`` for images of ``in_channels × image_size × image_size``.
+
+    Args:
+        name: an exact registry name (``resnet32``) or a family member (``wrn-40-2``, ``mlp-1200-1200``).
+        in_channels: input channels (1 for grayscale, 3 for colour).
+        image_size: input height = width, in pixels (8 for digits through 32 for CIFAR).
+        num_classes: number of output logits.
+        **kwargs: model options such as ``dropout``; recorded in ``model.spec.kwargs``.
+
+    Returns:
+        The model, with ``model.spec`` holding exactly what rebuilds it (see :func:`model_from_spec`).
+
+    Raises:
+        KDError: unknown name (with suggestions), an option the model does not take, bad sizes.
+    """
+    _check_geometry(in_channels, image_size, num_classes)
+    entry, captured = MODELS.resolve(name)
+    _check_options(name, entry.builder, captured, kwargs)
+    model = entry.builder(
+        in_channels=in_channels, image_size=image_size, num_classes=num_classes, **captured, **kwargs
+    )
+    model.spec = ModelSpec(
+        arch=name, in_channels=in_channels, image_size=image_size, num_classes=num_classes, kwargs=dict(kwargs)
+    )
+    return model
+
+
+def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> StagedNet:
+    """Rebuild a model (freshly initialised) from a :class:`ModelSpec` or its ``to_dict()`` form.
+
+    Loading the matching ``state_dict`` afterwards reproduces the original model exactly.
+    """
+    if isinstance(spec, ModelSpec):
+        spec = spec.to_dict()
+    try:
+        arch, in_channels = spec["arch"], spec["in_channels"]
+        image_size, num_classes = spec["image_size"], spec["num_classes"]
+    except KeyError as missing:
+        raise KDError(f"model spec is missing {missing.args[0]!r}; the checkpoint metadata is incomplete.") from None
+    return create_model(arch, in_channels, image_size, num_classes, **dict(spec.get("kwargs") or {}))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements in ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# Imported for their side effect: each module registers its builders in MODELS.
+from kdcli.models import alexnet, lenet, mlp, resnet_cifar, wrn  # noqa: E402, F401

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny, fast configs on the embedded digits data, run in a temp folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdcli.config import RunConfig
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder, so default `runs/` never lands in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+def digits_config(command: str = "train-teacher", method: str = "supervised", **train: object) -> RunConfig:
+    config = RunConfig(command=command, method=method, model="lenet5")
+    config.data.dataset = "digits"
+    config.train.epochs = 3
+    config.train.batch_size = 64
+    config.train.device = "cpu"
+    config.optim.lr = 0.05
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small digits teacher shared by the tests that need a trained run."""
+    from kdcli.run import train
+
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    config = digits_config(epochs=8)
+    config.out = str(out)
+    train(config, quiet=True)
+    return out
