@@ -24,7 +24,10 @@ IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse one idx file (``.gz`` or raw): 2 zero bytes, a type byte, a rank byte, big-endian int32 dims, data."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:  # a truncated download or a file that is not gzip
+        raise KDError(f"{path} cannot be read: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise KDError(f"{path} is not an idx file (bad magic number)")
     rank = raw[3]

@@ -8,6 +8,7 @@ only into that cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,8 @@ class FileSource:
             download(self.downloads(), dest)
         except Exception as exc:  # no network, a moved mirror, a full disk: all end in the same advice
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+            with contextlib.suppress(OSError):
+                dest.rmdir()  # only if the failed download left it empty
         else:
             located = self.locate([dest])
             if located is not None:

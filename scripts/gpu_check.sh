@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks for one lent H100 call (see docs/benchmarks.md). Needs no install:
+# the device image has torch, typer, rich, safetensors; kd runs from the checkout via PYTHONPATH.
+# Usage on the device: bash scripts/gpu_check.sh [sections...]   (writes logs under $OUT)
+set -uo pipefail
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/kd-gpu}"; mkdir -p "$OUT"
+nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+CIFAR=/tmp/cifar10
+if [ -f .device/cifar10-jpeg.tar.gz ] && [ ! -d "$CIFAR" ]; then
+  mkdir -p "$CIFAR" && tar -xzf .device/cifar10-jpeg.tar.gz -C "$CIFAR" --strip-components=0
+  CIFAR="$(dirname "$(find "$CIFAR" -maxdepth 3 -type d -name train | head -1)")"
+fi
+echo "CIFAR root: $CIFAR"
+for section in "${@:-bench}"; do
+  case "$section" in
+    bench)
+      python3 scripts/bench.py --device cuda --cases lenet5-mnist,resnet32-cifar --engine-batches 128,512 \
+        --workers 8 --steps 100 --warmup 20 --json-out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+      python3 scripts/bench.py --device cuda --cases resnet32-cifar --engine-batches 128,512 --graphs off \
+        --workers 8 --steps 100 --warmup 20 --json-out "$OUT/bench_nographs.json" 2>&1 | tee "$OUT/bench_nographs.log"
+      ;;
+    cifar-teacher)
+      python3 -m kdcli train-teacher --dataset "folder:$CIFAR" --model resnet32 --epochs "${EPOCHS:-15}" \
+        --batch-size 128 --lr 0.1 --device cuda --out "$OUT/c10-resnet32" 2>&1 | tail -25 | tee "$OUT/cifar-teacher.log"
+      ;;
+  esac
+done
