@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from kdcli import checkpoint
+from kdcli import checkpoint, distributed
 from kdcli.config import OptimConfig, RunConfig, TrainConfig
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader
@@ -53,7 +53,12 @@ def select_device(name: str = "auto") -> torch.device:
 
 def setup_device(device: torch.device) -> None:
     if device.type == "cpu":
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        # ranks on one machine share its cores (torchrun sets LOCAL_WORLD_SIZE); oversubscribed
+        # OpenMP threads are ~100x slower, not a little. An explicit OMP_NUM_THREADS wins.
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else max(1, cpus // local_ranks))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -223,6 +228,10 @@ def _maybe_graph(method: Method, sample: torch.Tensor, cfg: TrainConfig, device:
     models = method.graphable_models()
     if not models:
         return False
+    quiet_warning = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if quiet_warning is not None:
+        # capture's warm-up runs on a side stream; the one-time AccumulateGrad stream notice is expected
+        quiet_warning(False)
     try:
         with autocast(device, dtype):
             for model in models.values():
@@ -273,6 +282,9 @@ def fit(
         start_epoch, start_step = int(resume["epoch"]), int(resume["step"])
         history, elapsed = list(resume["history"]), float(resume["elapsed"])
         partial = {k: v.to(device) for k, v in resume.get("partial", {}).items()}
+    world = method.ctx.world
+    if world.distributed:
+        distributed.prepare(method, optimizers)  # same weights on every rank; gradients averaged before each step
 
     def save_state(epoch: int, step: int, sums: dict[str, torch.Tensor]) -> None:
         if not writer.active:
@@ -343,8 +355,14 @@ def fit(
                     means = {k: v.item() / (step + 1) for k, v in sums.items()}
                     stats = " ".join(f"{k} {v:.3f}" for k, v in means.items() if k in ("loss", "acc"))
                     rate = done / max(1e-9, time.perf_counter() - t_epoch)
-                    progress.update(task, completed=step + 1, stats=f"{stats} {rate:.1f} it/s")
-                if stop.stop:
+                    speed = f"{rate * batch[1].shape[0]:.0f} img/s" if batch is not None else f"{rate:.1f} it/s"
+                    progress.update(task, completed=step + 1, stats=f"{stats} {speed}")
+                stopping = stop.stop
+                if world.distributed:  # every rank must stop at the same step: vote every log_every steps
+                    stopping = (done % cfg.log_every == 0 or step + 1 == steps) and distributed.any_rank(stop.stop)
+                    if stopping:
+                        sums = distributed.synchronize(method, sums)
+                if stopping:
                     save_state(epoch, step + 1, sums)
                     where = writer.path if writer.active else "(no run directory)"
                     raise Interrupted(
@@ -352,6 +370,8 @@ def fit(
                     )
             if step + 1 != steps and train_loader is not None and first < steps:
                 raise KDError("internal: loader yielded fewer batches than expected")
+            if world.distributed:
+                sums = distributed.synchronize(method, sums)  # rank 0 logs, evaluates and saves the whole job's state
             epoch_time = time.perf_counter() - t_epoch
             row: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(epoch_time, 3)}
             row.update({f"train_{k}": v.item() / steps for k, v in sums.items()})

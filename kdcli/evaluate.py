@@ -114,3 +114,52 @@ def evaluate_runs(
             })
             model.to(dev)
     return rows
+
+
+def churn(
+    refs: list[str], dataset: str | None = None, data_dir: str | None = None, device: str = "auto",
+    batch_size: int = 1024,
+) -> list[dict[str, Any]]:
+    """Prediction churn (Anil et al., ICLR 2018): the share of test images on which two models' top-1
+    predictions differ, for every pair of the models named.
+
+    One run given without a role: every pair of its saved models (the copies or peers of an online
+    run). Otherwise each reference is one model: ``RUN`` (its primary model) or ``RUN:role``.
+    """
+    names_role = len(refs) == 1 and ":" in refs[0] and not Path(refs[0]).exists()
+    if len(refs) == 1 and not names_role:
+        info_json = checkpoint.read_run(refs[0])
+        selected = [(Path(refs[0]), role, info_json) for role in info_json["roles"]]
+    else:
+        selected = [checkpoint.resolve_role(ref) for ref in refs]
+    if len(selected) < 2:
+        raise KDError(
+            "churn compares two models or more: give two runs, RUN:role pairs, or one run with several models"
+        )
+    for run_dir, _, info_json in selected:
+        if info_json.get("status") != "complete":
+            raise KDError(f"run {run_dir} is not complete (status {info_json.get('status')}); resume it first")
+    data, info = _dataset_for(selected[0][2], dataset, data_dir)
+    for run_dir, _, info_json in selected[1:]:
+        stored = info_json["dataset"]
+        if any(stored[key] != getattr(info, key) for key in ("num_classes", "channels", "image_size")):
+            raise KDError(f"run {run_dir} was trained on {stored['name']}, which does not fit {info.name}: no churn")
+    test = data.load("test")
+    dev = select_device(device)
+    setup_device(dev)
+    dtype = resolve_precision("auto", dev)
+    predictions = []
+    for run_dir, role, info_json in selected:
+        model, _ = checkpoint.load_model(run_dir / info_json["roles"][role]["file"], dev)
+        predictions.append((f"{run_dir}:{role}", predict(model, test, info, dev, batch_size, dtype).argmax(1)))
+    rows = []
+    for i, (name_a, pred_a) in enumerate(predictions):
+        for name_b, pred_b in predictions[i + 1:]:
+            rows.append({
+                "a": name_a,
+                "b": name_b,
+                "dataset": info.name,
+                "churn": (pred_a != pred_b).float().mean().item(),
+                "images": int(pred_a.numel()),
+            })
+    return rows

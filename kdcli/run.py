@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcli import __version__, checkpoint
+from kdcli import __version__, checkpoint, distributed
 from kdcli.config import RunConfig, validate
 from kdcli.data import DATASETS, get_dataset
 from kdcli.data.base import Dataset, DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader, split_train_val
 from kdcli.engine import FitResult, RunWriter, fit, predict, resolve_precision, select_device, setup_device
-from kdcli.errors import KDError
+from kdcli.errors import Interrupted, KDError
 from kdcli.methods import METHODS, Method, MethodContext, World, make_params
 
 
@@ -146,6 +146,9 @@ def train(
             raise KDError(f"run {resume} has no resumable state ({checkpoint.STATE_FILE} missing)")
         config = RunConfig.from_dict(info_json["config"])
         resume_state = checkpoint.load_state(state_path)
+    joined = world is None and distributed.launched()  # started by torchrun: this process is one rank
+    world = world or distributed.init_from_env(config.train.device)
+    quiet = quiet or not world.is_main  # one progress bar and one table per job
     built = build(config, world)
     world = built.world
     torch.manual_seed(config.train.seed)
@@ -154,9 +157,12 @@ def train(
 
     train_loader = None
     if built.train_set is not None:
+        layout = getattr(built.method_cls, "data_shard", None)  # a method whose ranks read different data
+        shard = (layout(built.params, config, world) if layout is not None
+                 else distributed.data_parallel_shard(config.train.batch_size, world))
         train_loader = DeviceLoader(
             built.train_set,
-            config.train.batch_size,
+            shard.batch_size,
             mean=built.info.mean,
             std=built.info.std,
             device=built.device,
@@ -165,19 +171,21 @@ def train(
             augment=augment_mode(config, built.info),
             seed=config.train.seed,
             channels_last=built.device.type == "cuda",
+            rank=shard.index,
+            world_size=shard.count,
+            partitions=shard.partitions,
         )
     steps = len(train_loader) if train_loader is not None else 0
     ctx = MethodContext(config, built.info, built.device, steps, built.teacher, built.teacher_meta, world)
     method = built.method_cls(ctx, built.params)
+    sync_bn = world.distributed and distributed.maybe_sync_batchnorm(method, built.device)
+    if sync_bn:
+        config.train.cuda_graphs = "off"  # SyncBatchNorm's collectives are not captured into CUDA graphs
     if train_loader is None:
         steps = method.steps_per_epoch() or 0
         ctx.steps_per_epoch = steps
 
-    run_dir = Path(resume) if resume else checkpoint.new_run_dir(config.out, default_run_name(config), overwrite=overwrite)
-    if not resume and overwrite and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
+    run_dir = Path(resume) if resume else _choose_run_dir(config, overwrite, world)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     export = method.export_models()
     roles = {
@@ -204,6 +212,8 @@ def train(
             "device": str(built.device),
             "device_name": torch.cuda.get_device_name(built.device) if built.device.type == "cuda" else platform.processor() or platform.machine(),
             "world_size": world.world_size,
+            **({"distributed": {"backend": distributed.backend_for(config.train.device), "sync_bn": sync_bn}}
+               if world.distributed else {}),
             "versions": versions(),
             "roles": roles,
             "teacher": teacher_desc,
@@ -214,12 +224,44 @@ def train(
     try:
         result = fit(method, config, train_loader, built.val_set, built.test_set, built.info, built.device, writer,
                      resume=resume_state, quiet=quiet, after_step=after_step)
+    except Interrupted:
+        if not world.is_main:  # rank 0 saved the job's state and said where
+            raise Interrupted(f"interrupted; rank 0 saved the run. Resume with --resume {run_dir}") from None
+        raise
+    except distributed.RankFailure as err:
+        if (run_dir / checkpoint.STATE_FILE).is_file():
+            raise distributed.RankFailure(f"{err}; the last checkpoint is intact: --resume {run_dir}") from None
+        raise
     except BaseException:
-        checkpoint.remove_incomplete(run_dir)  # keeps a run that saved resumable state (Ctrl-C)
+        if world.is_main:
+            checkpoint.remove_incomplete(run_dir)  # keeps a run that saved resumable state (Ctrl-C)
         raise
 
     final = finish_run(method, built, result, writer, run_dir)
+    if joined:
+        distributed.shutdown()
     return final
+
+
+def _choose_run_dir(config: RunConfig, overwrite: bool, world: World) -> Path:
+    """Rank 0 picks (and, with --overwrite, clears) the run directory; the other ranks learn its name."""
+    chosen: str | None = None
+    problem: str | None = None
+    if world.is_main:
+        try:
+            path = checkpoint.new_run_dir(config.out, default_run_name(config), overwrite=overwrite)
+            if overwrite and path.exists():
+                import shutil
+
+                shutil.rmtree(path)
+            chosen = str(path)
+        except KDError as err:
+            problem = str(err)
+    if world.distributed:
+        chosen, problem = distributed.broadcast_object((chosen, problem))
+    if problem is not None:
+        raise KDError(problem)
+    return Path(chosen)
 
 
 def finish_run(method: Method, built: Built, result: FitResult, writer: RunWriter, run_dir: Path) -> dict[str, Any]:
@@ -244,6 +286,9 @@ def finish_run(method: Method, built: Built, result: FitResult, writer: RunWrite
     if writer.active:
         for role, model in method.export_models().items():
             checkpoint.save_model(run_dir / f"{role}.safetensors", model, role, built.info.to_dict())
+        write_artifacts = getattr(method, "write_artifacts", None)  # data-free: generator, synthetic set, samples.png
+        if write_artifacts is not None:
+            final["artifacts"] = write_artifacts(run_dir)
         from kdcli.report import plot_curves
 
         plot_curves(result.history, run_dir / "curves.png")

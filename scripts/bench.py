@@ -9,6 +9,7 @@ extrapolated from images/s to the dataset's full training size.
 
     python scripts/bench.py                      # CPU cases
     python scripts/bench.py --device cuda --cases lenet5-mnist,resnet32-cifar --json-out bench.json
+    python scripts/bench.py --device cuda --cases resnet32-cifar --online 1,2,3,4 --online-only   # K peers of DML
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def bench_reference(case: Case, device: torch.device, steps: int, warmup: int, w
     data = make_data(case, batch * (steps + warmup))
     loader = torch.utils.data.DataLoader(_PerSampleDataset(data, case), batch_size=batch, shuffle=True,
                                          num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
-                                         persistent_workers=False)
+                                         persistent_workers=False,
+                                         # forked workers inherit a live CUDA context and crash: start them clean
+                                         multiprocessing_context="forkserver" if workers and device.type == "cuda" else None)
     torch.manual_seed(0)
     model = create_model(case.model, case.channels, case.size, 10).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -136,6 +139,35 @@ def bench_reference(case: Case, device: torch.device, steps: int, warmup: int, w
     return {"images_per_s": steps * batch / seconds, "ms_per_step": 1000 * seconds / steps}
 
 
+def bench_online(case: Case, device: torch.device, batch: int, steps: int, warmup: int, graphs: str, peers: int,
+                 update: str) -> dict:
+    """One step of K peers through the real engine: DML for K ≥ 2, the same K=1 model (`independent`) as the unit."""
+    from kdcli.methods.dml import DML, DMLParams
+    from kdcli.methods.independent import Independent, IndependentParams
+
+    data = make_data(case, batch * (steps + warmup))
+    info = DatasetInfo("bench", 10, case.channels, case.size, case.mean, case.std, augment=case.augment)
+    config = RunConfig(command="distill-online", method="dml" if peers > 1 else "independent", model=case.model)
+    config.train.epochs, config.train.batch_size, config.train.cuda_graphs = 1, batch, graphs
+    config.optim.lr = 0.05
+    loader = DeviceLoader(data, batch, mean=case.mean, std=case.std, device=device, shuffle=True, drop_last=True,
+                          augment=case.augment, seed=0, channels_last=device.type == "cuda")
+    torch.manual_seed(0)
+    ctx = MethodContext(config, info, device, len(loader))
+    method = DML(ctx, DMLParams(peers=peers, update=update)) if peers > 1 else Independent(ctx, IndependentParams(peers=1))
+    stamps: dict[int, float] = {}
+
+    def hook(_method, step: int) -> None:
+        if step + 1 in (warmup, warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps[step + 1] = time.perf_counter()
+
+    fit(method, config, loader, None, make_data(case, 256, 1), info, device, RunWriter(None), quiet=True, after_step=hook)
+    seconds = stamps[warmup + steps] - stamps[warmup]
+    return {"images_per_s": steps * batch / seconds, "ms_per_step": 1000 * seconds / steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -146,12 +178,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--graphs", default="auto")
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--online", default="", help="comma list of peer counts K: time a DML step of K peers (e.g. 1,2,3,4)")
+    parser.add_argument("--online-update", default="simultaneous", help="DML update for --online: simultaneous | alternating")
+    parser.add_argument("--online-only", action="store_true", help="with --online: skip the reference and engine rows")
     args = parser.parse_args()
     device = select_device(args.device)
     setup_device(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     rows = []
-    for name in args.cases.split(","):
+    for name in args.cases.split(",") if not args.online_only else []:
         case = CASES[name]
         ref = bench_reference(case, device, args.steps, args.warmup, args.workers)
         rows.append({"case": name, "loop": f"reference (fp32, DataLoader×{args.workers} workers, batch 128)", **ref,
@@ -162,11 +197,30 @@ def main() -> None:
                          "s_per_epoch": case.train_size / eng["images_per_s"],
                          "speedup": eng["images_per_s"] / ref["images_per_s"]})
     print(f"device: {machine}; torch {torch.__version__}; steps {args.steps} after {args.warmup} warm-up")
-    print(f"{'case':16} {'loop':52} {'img/s':>10} {'ms/step':>9} {'s/epoch':>9} {'× ref':>7}")
+    if rows:
+        print(f"{'case':16} {'loop':52} {'img/s':>10} {'ms/step':>9} {'s/epoch':>9} {'× ref':>7}")
     for r in rows:
         print(f"{r['case']:16} {r['loop']:52} {r['images_per_s']:10.0f} {r['ms_per_step']:9.2f} {r['s_per_epoch']:9.2f} {r['speedup']:7.2f}")
+    online = []
+    for name in args.cases.split(",") if args.online else []:
+        case = CASES[name]
+        batch = int(args.engine_batches.split(",")[0])
+        single = None
+        for k in [int(k) for k in args.online.split(",")]:
+            res = bench_online(case, device, batch, args.steps, args.warmup, args.graphs, k, args.online_update)
+            single = res["ms_per_step"] if k == 1 else single
+            ratio = res["ms_per_step"] / (k * single) if single else float("nan")
+            online.append({"case": name, "peers": k, "method": "independent" if k == 1 else f"dml ({args.online_update})",
+                           "batch": batch, **res, "ratio_to_k_single": ratio})
+    if online:
+        print(f"online: K peers in one step (ratio = ms/step ÷ (K × the K=1 step); < 1 is better than K separate models)")
+        print(f"{'case':16} {'K':>3} {'method':26} {'ms/step':>9} {'img/s':>10} {'÷ K×single':>11}")
+        for r in online:
+            print(f"{r['case']:16} {r['peers']:3d} {r['method']:26} {r['ms_per_step']:9.2f} {r['images_per_s']:10.0f} "
+                  f"{r['ratio_to_k_single']:11.2f}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"device": machine, "torch": torch.__version__, "rows": rows}, indent=2))
+        Path(args.json_out).write_text(json.dumps({"device": machine, "torch": torch.__version__, "rows": rows,
+                                                   "online": online}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdcli.errors import KDError
 
@@ -27,7 +28,7 @@ def handle_errors(func: F) -> F:
         except KDError as err:
             if os.environ.get("KD_DEBUG"):
                 raise
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[red]error:[/red] interrupted", highlight=False)
@@ -54,18 +55,41 @@ def resolve_config(command: str, method: str, preset: dict[str, Any], config_fil
 
     config = RunConfig(command=command, method=method)
     apply_overrides(config, preset, "preset")
+    explicit = {k for k, v in flags.items() if v is not None}
     if config_file is not None:
-        apply_overrides(config, load_toml(config_file), str(config_file))
+        from_file = load_toml(config_file)
+        apply_overrides(config, from_file, str(config_file))
+        explicit |= {k for k, v in from_file.items() if not isinstance(v, dict)}
+        explicit |= {k for v in from_file.values() if isinstance(v, dict) for k in v}
     apply_overrides(config, flags, "flags")
     if method_flags:
         config.method_params.update({k: v for k, v in method_flags.items() if v is not None})
+    _gentler_start_without_batchnorm(config, explicit)
     return config
+
+
+def _gentler_start_without_batchnorm(config, explicit: set[str]) -> None:
+    """Networks without BatchNorm (LeNet, MLP) diverge at the ResNet learning rate of 0.1 on MNIST:
+    unless the user chose a rate, they get at most 0.02 with a one-epoch warm-up."""
+    from kdcli.models import MODELS, create_model
+    from torch import nn
+
+    if "lr" in explicit or config.model not in MODELS:
+        return
+    probe = create_model(config.model, 1, 28, 10)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
+        return
+    config.optim.lr = min(config.optim.lr, 0.02)
+    if "warmup_epochs" not in explicit:
+        config.optim.warmup_epochs = max(config.optim.warmup_epochs, 1.0)
 
 
 def report_run(result: dict[str, Any], as_json: bool) -> None:
     """The table printed after a training command (or the run.json content with ``--json``)."""
     from kdcli.report import print_json, print_table
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports the job
+        return
     if as_json:
         print_json(result)
         return

@@ -19,7 +19,7 @@ def distill(
     data_dir: o.DataDir = None, config: o.Config = None, val_fraction: o.ValFraction = None,
     optimizer: o.Optimizer = None, schedule: o.Schedule = None, milestones: o.Milestones = None,
     weight_decay: o.WeightDecay = None, momentum: o.Momentum = None, precision: o.Precision = None,
-    augment: o.Augment = None, cuda_graphs: o.CudaGraphs = None,
+    augment: o.Augment = None, cuda_graphs: o.CudaGraphs = None, warmup_epochs: o.Warmup = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-T", help="Softmax temperature T (default 4).")] = None,
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of the soft loss; hard CE gets 1−α (default 0.9).")] = None,
     resume: o.Resume = None, overwrite: o.Overwrite = False, json: o.Json = False, quiet: o.Quiet = False,
@@ -34,7 +34,7 @@ def distill(
         dataset=dataset, model=model, teacher=teacher, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         device=device, out=out, data_dir=data_dir, val_fraction=val_fraction, optimizer=optimizer, schedule=schedule,
         milestones=milestones, weight_decay=weight_decay, momentum=momentum, precision=precision, augment=augment,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=cuda_graphs, warmup_epochs=warmup_epochs,
     )
     cfg = resolve_config("distill", "kd", PRESET, config, flags, {"temperature": temperature, "alpha": alpha})
     result = train(cfg, resume=resume, overwrite=overwrite, quiet=quiet or json, argv=argv())

@@ -18,6 +18,9 @@ def evaluate(
     device: o.Device = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Evaluation batch size.")] = 1024,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure CPU latency per image.")] = True,
+    churn: Annotated[bool, typer.Option(
+        "--churn", help="Also report prediction churn: the share of test images two models label differently "
+        "(every pair of the runs given, or of one run's copies).")] = False,
     json: o.Json = False,
 ) -> None:
     """Score runs on the test split: top-1/top-5, params, size, CPU latency, agreement with the teacher.
@@ -30,8 +33,14 @@ def evaluate(
 
     rows = evaluate_runs(runs, dataset=dataset, data_dir=data_dir, device=device or "auto", batch_size=batch_size,
                          measure_latency=latency)
+    churn_rows = None
+    if churn:
+        from kdcli.evaluate import churn as churn_between
+
+        churn_rows = churn_between(runs, dataset=dataset, data_dir=data_dir, device=device or "auto",
+                                   batch_size=batch_size)
     if json:
-        print_json(rows)
+        print_json(rows if churn_rows is None else {"models": rows, "churn": churn_rows})
         return
     print_table(
         "kd evaluate",
@@ -40,6 +49,12 @@ def evaluate(
           _size(r["size_bytes"]), r["cpu_latency_ms"], None if r["agreement"] is None else r["agreement"] * 100]
          for r in rows],
     )
+    if churn_rows is not None:
+        print_table(
+            "prediction churn (test images labelled differently)",
+            ["model A", "model B", "dataset", "churn %", "images"],
+            [[r["a"], r["b"], r["dataset"], r["churn"] * 100, r["images"]] for r in churn_rows],
+        )
 
 
 def _size(n: int | None) -> str | None:

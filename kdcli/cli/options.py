@@ -30,6 +30,7 @@ WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="We
 Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum.")]
 Precision = Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 on CUDA) | fp32 | bf16.")]
 Augment = Annotated[Optional[str], typer.Option("--augment", help="auto | none | crop | crop_flip.")]
+Warmup = Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")]
 CudaGraphs = Annotated[Optional[str], typer.Option("--cuda-graphs", help="auto | on | off (CUDA only).")]
 Resume = Annotated[Optional[str], typer.Option("--resume", help="Continue an interrupted run directory.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")]
@@ -50,7 +51,7 @@ def parse_int_list(text: str | None) -> list[int] | None:
 
 def common_values(
     *, dataset, model, teacher, epochs, batch_size, lr, seed, device, out, data_dir, val_fraction, optimizer, schedule,
-    milestones, weight_decay, momentum, precision, augment, cuda_graphs,
+    milestones, weight_decay, momentum, precision, augment, cuda_graphs, warmup_epochs=None,
 ) -> dict:
     """Flags as a flat mapping for :func:`kdcli.config.apply_overrides` (``None`` = not given)."""
     return {
@@ -58,5 +59,5 @@ def common_values(
         "seed": seed, "device": device, "out": out, "data_dir": data_dir, "val_fraction": val_fraction,
         "optimizer": optimizer, "schedule": schedule, "milestones": parse_int_list(milestones),
         "weight_decay": weight_decay, "momentum": momentum, "precision": precision, "augment": augment,
-        "cuda_graphs": cuda_graphs,
+        "cuda_graphs": cuda_graphs, "warmup_epochs": warmup_epochs,
     }

@@ -92,6 +92,12 @@ class DeviceLoader:
             per position in the epoch, so a run resumed at ``start_step`` replays the same crops.
         seed: the run's seed.
         channels_last: return batches in ``torch.channels_last`` memory format.
+        rank, world_size: this process yields slice ``rank`` of ``world_size`` equal slices of every
+            batch (data-parallel training): the processes together see exactly the batches, order
+            and augmentation of one process, so a 2-process run at batch B equals a 1-process one.
+        partitions: split the data once (seeded) into this many disjoint, equal partitions; every
+            batch then takes ``batch_size / partitions`` samples from each partition in turn, each
+            partition shuffled on its own per epoch (codistillation: each copy keeps its own shard).
     """
 
     def __init__(
@@ -107,6 +113,9 @@ class DeviceLoader:
         augment: str = "none",
         seed: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        partitions: int = 1,
     ) -> None:
         if augment not in AUGMENTS:
             raise KDError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTS)}")
@@ -123,6 +132,15 @@ class DeviceLoader:
         self.augment = augment
         self.seed = seed
         self.channels_last = channels_last
+        self.rank, self.world_size, self.partitions = rank, world_size, partitions
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        if batch_size % world_size:
+            raise KDError(
+                f"--batch-size {batch_size} must be divisible by the {world_size} processes sharing each batch"
+            )
+        if partitions > 1 and (batch_size % partitions or not (shuffle and drop_last)):
+            raise KDError(f"batch size {batch_size} must be divisible by the {partitions} data partitions")
         channels = self.images.shape[1]
         std_t = _channel_tensor(std, channels, self.device)
         # (x / 255 - mean) / std  ==  x * scale - shift: one fused multiply-add per batch.
@@ -137,15 +155,30 @@ class DeviceLoader:
         return int(self.labels.shape[0])
 
     def __len__(self) -> int:
+        if self.partitions > 1:
+            return (self.num_samples // self.partitions) // (self.batch_size // self.partitions)
         if self.drop_last:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """Sample indices in the order epoch ``epoch`` visits them (on the device)."""
+        """Sample indices in the order epoch ``epoch`` visits them, for all processes (on the device)."""
+        if self.partitions > 1:
+            return self._partitioned_order(epoch).to(self.device)
         if not self.shuffle:
             return torch.arange(self.num_samples, device=self.device)
         return torch.randperm(self.num_samples, generator=seeded_generator(self.seed, epoch, "order")).to(self.device)
+
+    def _partitioned_order(self, epoch: int) -> torch.Tensor:
+        """Batch-major interleaving of per-partition orders: batch t = [part 0's t-th chunk, part 1's, ...]."""
+        size = self.num_samples // self.partitions
+        chunk = self.batch_size // self.partitions
+        parts = torch.randperm(self.num_samples, generator=seeded_generator(self.seed, "partitions"))
+        parts = parts[: size * self.partitions].view(self.partitions, size)
+        generator = seeded_generator(self.seed, epoch, "order")
+        shuffled = torch.stack([part[torch.randperm(size, generator=generator)] for part in parts])
+        steps = size // chunk
+        return shuffled[:, : steps * chunk].view(self.partitions, steps, chunk).transpose(0, 1).reshape(-1)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for steps ``start_step..len(self)-1`` of epoch ``epoch``.
@@ -160,6 +193,9 @@ class DeviceLoader:
         for step in range(start_step, steps):
             lo = step * self.batch_size
             hi = min(lo + self.batch_size, self.num_samples)
+            if self.world_size > 1:  # this process's slice of the global batch
+                size = hi - lo
+                lo, hi = lo + size * self.rank // self.world_size, lo + size * (self.rank + 1) // self.world_size
             if order is None:
                 images, labels = self.images[lo:hi], self.labels[lo:hi]
             else:

@@ -12,3 +12,6 @@ METHODS.add("supervised", Supervised, help="cross-entropy on labels (kd train-te
 METHODS.add("kd", HintonKD, help="Hinton et al. 2015 soft targets at T (kd distill)", command="distill")
 
 __all__ = ["METHODS", "Method", "MethodContext", "World", "build_optimizer", "make_params"]
+from kdcli.methods import datafree_registry  # noqa: E402,F401
+from kdcli.methods import online_registry  # noqa: E402,F401
+from kdcli.methods import codistill as _codistill  # noqa: E402,F401

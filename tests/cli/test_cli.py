@@ -23,7 +23,7 @@ def test_help_lists_every_command():
 
 
 def test_train_distill_evaluate_end_to_end(tmp_path):
-    t = kd("train-teacher", "--epochs", "6", "--model", "lenet5", "--device", "cpu", "--out", "t", "--quiet")
+    t = kd("train-teacher", "--epochs", "5", "--model", "resnet20", "--device", "cpu", "--out", "t", "--quiet")
     assert t.exit_code == 0, t.output
     assert "test top-1" in t.output
     s = kd("distill", "--teacher", "t", "--epochs", "15", "--device", "cpu", "--out", "s", "--json")

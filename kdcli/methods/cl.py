@@ -1,0 +1,105 @@
+"""Song & Chai (2018), "Collaborative Learning for Deep Neural Networks", NeurIPS (arXiv:1805.11761)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kdcli.errors import KDError
+from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.losses import consensus_of_others, peer_kl, stacked_cross_entropy
+from kdcli.methods.online import (
+    BranchEnsemble,
+    BranchRunner,
+    BranchView,
+    assemble_ensemble,
+    build_branched,
+    check_count,
+    export_branches,
+    paper_preset,
+)
+from kdcli.models.branched import BranchedNet
+
+
+@dataclass
+class CLParams:
+    """CL / CL-ILR hyperparameters (the paper's values are marked unverified in PAPERS.md).
+
+    Attributes:
+        peers: H, the number of classifier heads on the shared trunk.
+        split_at: first per-head stage of ``--model`` (``stageK``; "" = the last stage).
+        temperature: T of the soft targets and of the heads' softmax in the soft term (paper: 2).
+        beta: weight of the hard (label) term; the soft term gets ``1 − β`` (paper: 0.5).
+        ilr: intermediate-level representation sharing with backprop rescaling: the gradient
+            entering the trunk from the H heads is divided by H. Off = plain multi-head sum.
+    """
+
+    peers: int = 4
+    split_at: str = ""
+    temperature: float = 2.0
+    beta: float = 0.5
+    ilr: bool = True
+
+
+class CL(Method):
+    """Head h: ``β·CE(y, z_h) + (1−β)·T²·KL(σ(ẑ_h/T) ‖ σ(z_h/T))``, summed over heads.
+
+    ``ẑ_h`` is the mean of the *other* heads' logits, a constant (no gradient through the target).
+    With ``ilr`` the trunk receives ``1/H`` of the heads' summed gradient. Parts: ``hard``, ``soft``
+    (means over heads), ``acc`` (mean head accuracy). Rows: ``branch0..``, ``ensemble``.
+    """
+
+    name = "cl"
+    Params = CLParams
+    primary = "branch0"
+    presets: ClassVar[dict[str, Any]] = {
+        # The CL-ILR re-run of the OKDDip paper (PAPERS.md's anchor): 300 epochs, batch 128, SGD
+        # Nesterov, lr 0.1 ÷10 at 150/225, wd 5e-4. The CL paper's own CIFAR schedule is unverified.
+        "paper": paper_preset(300, 128, [150, 225], 5e-4, nesterov=True),
+    }
+
+    def __init__(self, ctx: MethodContext, params: CLParams) -> None:
+        super().__init__(ctx, params)
+        check_count(self.name, "heads", params.peers)
+        if not 0.0 <= params.beta <= 1.0:
+            raise KDError(f"cl: beta must be in [0, 1] (got {params.beta})")
+        if params.temperature <= 0:
+            raise KDError(f"--temperature must be positive (got {params.temperature})")
+        net = build_branched(ctx, self.name, params.peers, params.split_at, gate=False)
+        params.split_at = net.spec.kwargs["split_at"]
+        self.runner = BranchRunner(net, 1.0 / params.peers if params.ilr else 1.0)
+
+    @property
+    def net(self) -> BranchedNet:  # lives inside the runner: one registration, one set of state-dict keys
+        return self.runner.net
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = self.runner(images)[0]
+        hard = stacked_cross_entropy(logits, labels)
+        soft = peer_kl(logits, consensus_of_others(logits.detach()), self.params.temperature)
+        beta = self.params.beta
+        loss = (beta * hard + (1.0 - beta) * soft).sum()
+        acc = torch.stack([accuracy(z, labels) for z in logits.detach()]).mean()
+        return {"loss": loss, "hard": hard.detach().mean(), "soft": soft.detach().mean(), "acc": acc}
+
+    def _roles(self) -> list[str]:
+        return [f"branch{i}" for i in range(self.net.num_branches)]
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        rows: dict[str, nn.Module] = {role: BranchView(self.net, i) for i, role in enumerate(self._roles())}
+        rows["ensemble"] = BranchEnsemble(self.net, list(range(self.net.num_branches)))
+        return rows
+
+    def export_models(self) -> dict[str, nn.Module]:
+        return export_branches(self.net, self._roles())
+
+    @classmethod
+    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
+        return assemble_ensemble(models, "branch")
+
+    def graphable_models(self) -> dict[str, nn.Module]:
+        return {"branches": self.runner}

@@ -1,0 +1,256 @@
+"""Codistillation: Anil, Pereyra, Passos, Ormandi, Dahl, Hinton, "Large scale distributed neural network
+training through online distillation" (ICLR 2018, arXiv:1804.03235).
+
+n copies of a model train at once, each on its own data shard. Every K steps the copies exchange
+weights into frozen, *stale* copies of each other; after a burn-in, each copy also learns to match
+the average prediction of the stale copies of the others on its own batch. The exchange is rare
+and cheap, which is the point: each copy can be its own worker (group).
+
+In kd a copy is a torch.distributed rank, or a group of ranks training it data-parallel, when the
+command runs under ``torchrun``; the exchange is one ``all_gather``. Without torchrun one process
+holds every copy and does the same arithmetic, so a 2-process run and a 1-process run of the
+same seed log the same losses (within float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcli import distributed
+from kdcli.config import RunConfig
+from kdcli.errors import KDError
+from kdcli.methods import METHODS
+from kdcli.methods.base import Batch, Method, MethodContext, World, accuracy, build_optimizer
+from kdcli.methods.losses import kd_loss, mean_probability_logits
+from kdcli.methods.online import MeanProbEnsemble, assemble_ensemble, build_peers, check_count
+
+SHARDS = ("disjoint", "shared")
+
+
+@dataclass
+class CodistillParams:
+    """Codistillation hyperparameters (kd defaults sized for short runs; the paper exchanges rarely
+    on very long ones, so scale ``exchange_every`` and ``burn_in`` with the run length).
+
+    Attributes:
+        peers: number of copies n. Default: 2 in one process; one per rank under torchrun. With
+            w processes and n copies, each copy trains on w/n ranks (w must be a multiple of n).
+        exchange_every: K, steps between weight exchanges into the stale copies.
+        burn_in: steps of plain cross-entropy before the distillation term switches on; the first
+            exchange happens at this step, so the stale copies are fresh when it does.
+        distill_weight: weight of the distillation term (0 = independent copies, same data).
+        temperature: T of the distillation term (scaled by T²); the paper distils at T = 1.
+        shard: ``disjoint``, each copy trains on its own fixed 1/n of the training split (the
+            paper's setting); ``shared``, every copy sees the same batches.
+    """
+
+    peers: int | None = None
+    exchange_every: int = 50
+    burn_in: int = 100
+    distill_weight: float = 1.0
+    temperature: float = 1.0
+    shard: str = "disjoint"
+
+
+def copies_and_group(params: CodistillParams, config: RunConfig, world: World) -> tuple[int, int]:
+    """(number of copies n, ranks per copy g)."""
+    if config.models and params.peers is not None and params.peers != len(config.models):
+        raise KDError(f"--peers {params.peers} disagrees with --models ({len(config.models)} names); give one")
+    default = world.world_size if world.distributed else 2
+    n = len(config.models) if config.models else (params.peers or default)
+    check_count("codistill", "copies", n)
+    if not world.distributed:
+        return n, 1
+    if world.world_size % n:
+        raise KDError(f"codistill with {n} copies needs a multiple of {n} processes (got {world.world_size}); "
+                      "set --peers")
+    return n, world.world_size // n
+
+
+class Codistill(Method):
+    """Loss of copy i: ``CE(y, z_i) + w · T²·KL(mean_{j≠i} σ(ẑ_j/T) ‖ σ(z_i/T))`` with ẑ_j the stale copy j
+    (the second term only from step ``burn_in`` on). ``loss`` is the sum over copies; each copy's
+    gradient is its own term. Parts: ``ce``, ``distill``, ``acc`` (means over copies), ``distill_on``,
+    ``exchanged`` (1 on an exchange step) and ``exchange_ms`` (wall time of the exchange).
+    """
+
+    name = "codistill"
+    Params = CodistillParams
+    primary = "peer0"
+    data_parallel = False  # copies differ between ranks: the exchange and consolidate() are the collectives
+
+    def __init__(self, ctx: MethodContext, params: CodistillParams) -> None:
+        super().__init__(ctx, params)
+        if params.shard not in SHARDS:
+            raise KDError(f"--shard must be one of {', '.join(SHARDS)} (got {params.shard!r})")
+        if params.exchange_every < 1 or params.burn_in < 0:
+            raise KDError("--exchange-every must be ≥ 1 and --burn-in ≥ 0")
+        world = ctx.world
+        self.copies, self.group_size = copies_and_group(params, ctx.config, world)
+        if not ctx.config.models:
+            # Record the resolved count: a run resumed with another number of processes keeps its copies.
+            params.peers = self.copies
+            ctx.config.method_params["peers"] = self.copies
+        archs = list(ctx.config.models) or [ctx.config.model] * self.copies
+        # Every rank builds every copy from the same seed, so copy i starts identical everywhere
+        # and a checkpoint holds the same tensors whether 1 or n processes wrote it.
+        self.peers = build_peers(ctx, archs)
+        self.stale = copy.deepcopy(self.peers)
+        for p in self.stale.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("exchanges", torch.zeros((), dtype=torch.int64))
+        self.own = [world.rank // self.group_size] if world.distributed else list(range(self.copies))
+        self._group = None
+        if world.distributed and self.group_size > 1:
+            # Every rank creates every group, in the same order (torch.distributed's rule).
+            for c in range(self.copies):
+                members = list(range(c * self.group_size, (c + 1) * self.group_size))
+                group = torch.distributed.new_group(members)
+                if c == self.own[0]:
+                    self._group = group
+
+    @classmethod
+    def data_shard(cls, params: CodistillParams, config: RunConfig, world: World) -> "distributed.Shard":
+        """``--batch-size`` is per copy. Disjoint: the global batch holds one chunk of each copy's
+        partition, rank r reads its copy's chunk (or its 1/g of it); shared: the copies' ranks
+        split one batch the same way in every copy."""
+        if params.shard not in SHARDS:
+            raise KDError(f"--shard must be one of {', '.join(SHARDS)} (got {params.shard!r})")
+        n, g = copies_and_group(params, config, world)
+        batch = config.train.batch_size
+        if batch % g:
+            raise KDError(f"--batch-size {batch} must be divisible by the {g} ranks that train each copy")
+        if params.shard == "disjoint":
+            return distributed.Shard(n * batch, n, world.rank, world.world_size)
+        return distributed.Shard(batch, 1, world.rank % g, g)
+
+    # -- training ---------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimizer per copy (a rank steps only its own; the others hold the gathered state)."""
+        optimizers = [build_optimizer(self.ctx.config.optim, list(peer.parameters())) for peer in self.peers]
+        if self._group is not None:
+            distributed.install_gradient_sync([optimizers[self.own[0]]], self._group)
+        return optimizers
+
+    def train(self, mode: bool = True) -> "Codistill":
+        super().train(mode)
+        self.stale.eval()  # stale copies are teachers: running statistics, never updated
+        return self
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        p = self.params
+        exchanged = step >= p.burn_in and (step - p.burn_in) % p.exchange_every == 0
+        exchange_ms = self._exchange() if exchanged else 0.0
+        active = step >= p.burn_in and p.distill_weight > 0
+        if self.ctx.world.distributed or p.shard == "shared":
+            inputs = [(images, labels)] * len(self.own)
+        else:
+            inputs = list(zip(images.chunk(self.copies), labels.chunk(self.copies)))
+        stale_cache: dict[int, torch.Tensor] = {}
+        losses, ces, distills, accs = [], [], [], []
+        for i, (x, y) in zip(self.own, inputs):
+            logits = self.peers[i](x)
+            ce = F.cross_entropy(logits, y)
+            distill = torch.zeros((), device=logits.device)
+            if active:
+                with torch.no_grad():
+                    others = []
+                    for j in range(self.copies):
+                        if j == i:
+                            continue
+                        if p.shard == "shared" and j in stale_cache:
+                            others.append(stale_cache[j])
+                            continue
+                        out = self.stale[j](x).float()
+                        stale_cache[j] = out
+                        others.append(out)
+                    target = _mean_target_logits(torch.stack(others), p.temperature)
+                distill = kd_loss(logits, target, p.temperature)
+            losses.append(ce + p.distill_weight * distill)
+            ces.append(ce.detach())
+            distills.append(distill.detach())
+            accs.append(accuracy(logits.detach(), labels=y))
+        loss = torch.stack(losses).sum()
+        if self.ctx.world.distributed:
+            # The engine averages logged values over ranks; the sum over copies is n × the mean.
+            # Gradient: this copy's term alone, exactly as in one process.
+            loss = loss + (loss.detach() * (self.copies - 1))
+        return {
+            "loss": loss,
+            "ce": torch.stack(ces).mean(),
+            "distill": torch.stack(distills).mean(),
+            "acc": torch.stack(accs).mean(),
+            # host-side numbers stay on the CPU: copying them to a GPU every step would sync it
+            "distill_on": torch.tensor(float(active)),
+            "exchanged": torch.tensor(float(exchanged)),
+            "exchange_ms": torch.tensor(exchange_ms),
+        }
+
+    @torch.no_grad()
+    def _exchange(self) -> float:
+        """Refresh every stale copy from the live copies; returns the wall time in milliseconds."""
+        sync = torch.cuda.synchronize if self.ctx.device.type == "cuda" else (lambda: None)
+        sync()
+        started = time.perf_counter()
+        if self.ctx.world.distributed:
+            self._gather_copies(self.stale, "codistillation weight exchange")
+        else:
+            for live, stale in zip(self.peers, self.stale):
+                for target, source in zip(distributed.module_state(stale), distributed.module_state(live)):
+                    target.copy_(source)
+        sync()
+        self.exchanges += 1
+        return (time.perf_counter() - started) * 1000.0
+
+    def _gather_copies(self, into: nn.ModuleList, what: str) -> None:
+        """One all_gather: every rank sends its copy's weights and buffers; copy j comes from rank j·g."""
+        own_state = distributed.module_state(self.peers[self.own[0]])
+        lengths = [sum(t.numel() for t in distributed.module_state(peer)) for peer in self.peers]
+        gathered = distributed.all_gather_padded(distributed.flatten(own_state), max(lengths), what)
+        for j, module in enumerate(into):
+            distributed.unflatten_into(gathered[j * self.group_size], distributed.module_state(module))
+
+    def consolidate(self) -> None:
+        """Before evaluation and checkpoints: every rank gets every copy's weights and optimizer state,
+        so rank 0 scores and saves the whole job (the same tensors a 1-process run saves)."""
+        if not self.ctx.world.distributed:
+            return
+        own = self.own[0]
+        if self._group is not None:
+            distributed.average_buffers(self.peers[own], self._group)
+        self._gather_copies(self.peers, "codistillation state gather")
+        states = distributed.all_gather_object(self.optimizers[own].state_dict(), "optimizer state gather")
+        for j, opt in enumerate(self.optimizers):
+            if j != own:
+                opt.load_state_dict(states[j * self.group_size])
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def eval_models(self) -> dict[str, nn.Module]:
+        models: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
+        models["ensemble"] = MeanProbEnsemble(list(self.peers))
+        return models
+
+    @classmethod
+    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
+        return assemble_ensemble(models, "peer")
+
+
+def _mean_target_logits(stale_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits whose softmax at ``temperature`` is the mean of the stale copies' softmaxes at it.
+
+    ``[n−1, B, C] → [B, C]``; with one other copy this is its logits up to a constant.
+    """
+    return temperature * mean_probability_logits(stale_logits / temperature)
+
+
+
+METHODS.add("codistill", Codistill, command="distill-online",
+            help="Anil et al. 2018 codistillation: copies on ranks, stale weight exchange every K steps")

@@ -1,0 +1,63 @@
+"""The baseline of every online table: the same K peers, the same loop and budget, no distillation term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.losses import stacked_cross_entropy
+from kdcli.methods.online import MeanProbEnsemble, assemble_ensemble, build_peers, paper_preset, peer_architectures
+
+
+@dataclass
+class IndependentParams:
+    """Attributes:
+        peers: K, copies of ``--model`` (or ``--models a,b``, one peer each).
+    """
+
+    peers: int | None = None
+
+
+class Independent(Method):
+    """K peers trained side by side on the same batches with cross-entropy only: ``Σ_i CE(y, z_i)``.
+
+    Parts: ``ce`` (mean over peers), ``acc`` (mean over peers). Rows: ``peer0..``, ``ensemble``.
+    """
+
+    name = "independent"
+    Params = IndependentParams
+    primary = "peer0"
+    presets: ClassVar[dict[str, Any]] = {
+        # The DML paper's CIFAR-100 protocol, so `independent` is DML's baseline under the same budget.
+        "paper": paper_preset(200, 64, [60, 120, 180], 5e-4, nesterov=True),
+    }
+
+    def __init__(self, ctx: MethodContext, params: IndependentParams) -> None:
+        super().__init__(ctx, params)
+        self.peers = build_peers(ctx, peer_architectures(ctx, self.name, params.peers, minimum=1))
+        params.peers = len(self.peers)
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = torch.stack([peer(images) for peer in self.peers])
+        ce = stacked_cross_entropy(logits, labels)
+        detached = logits.detach()
+        acc = torch.stack([accuracy(z, labels) for z in detached]).mean()
+        return {"loss": ce.sum(), "ce": ce.detach().mean(), "acc": acc}
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        rows: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
+        if len(self.peers) > 1:
+            rows["ensemble"] = MeanProbEnsemble(list(self.peers))
+        return rows
+
+    @classmethod
+    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
+        return assemble_ensemble(models, "peer")
+
+    def graphable_models(self) -> dict[str, nn.Module]:
+        return {f"peer{i}": peer for i, peer in enumerate(self.peers)}

@@ -1,0 +1,135 @@
+"""Chen, Mei, Wang, Feng, Chen (2020), "Online Knowledge Distillation with Diverse Peers", AAAI (arXiv:1912.00350)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcli.errors import KDError
+from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.losses import attention_targets, peer_kl, stacked_cross_entropy
+from kdcli.methods.online import (
+    BranchEnsemble,
+    BranchRunner,
+    BranchView,
+    assemble_ensemble,
+    build_branched,
+    check_count,
+    export_branches,
+    paper_preset,
+    ramp_at,
+    resolve_ramp,
+)
+from kdcli.models.branched import BranchedNet
+
+
+@dataclass
+class OKDDipParams:
+    """OKDDip hyperparameters (paper defaults).
+
+    Attributes:
+        peers: auxiliary peers (3); the group leader is one more branch.
+        split_at: first per-branch stage of ``--model`` (``stageK``; "" = the last stage, the paper's choice).
+        temperature: T of both distillation levels (3).
+        ramp_epochs: R of the ramp-up ``w(t) = exp(−5(1 − t/R)²)``, t the fractional epoch (80 of
+            300 in the paper); unset = the same 80/300 of this run's epochs.
+        projection_ratio: q and k map a peer's pooled feature of width C to C/8 (bias-free).
+        detach_targets: True (the paper's description, kd's default): the targets are constants
+            for the peers and the leader; no gradient reaches any branch through a target, and the
+            attention projections still learn from the distillation loss (their only signal in
+            either mode). False: the official code, where gradients also flow through the
+            targets into the other peers' logits and features.
+    """
+
+    peers: int = 3
+    split_at: str = ""
+    temperature: float = 3.0
+    ramp_epochs: float | None = None
+    projection_ratio: int = 8
+    detach_targets: bool = True
+
+
+class OKDDip(Method):
+    """``Σ_i CE(z_i) + CE(z_L) + w(t)·[Σ_i T²·KL(σ(t_i/T) ‖ σ(z_i/T)) + T²·KL(σ(z̄/T) ‖ σ(z_L/T))]``.
+
+    Auxiliary peer i's target ``t_i = Σ_j a_ij z_j``, ``a_i = softmax_j(q_i·k_j)`` with q, k
+    bias-free linear maps of the peers' pooled features; the leader L learns from the peers' mean
+    logits ``z̄``. Parts: ``ce`` (mean over peers), ``ce_leader``, ``kl_peers``, ``kl_leader``,
+    ``w``, ``acc`` (mean peer accuracy), ``acc_leader``. Rows: ``peer0..``, ``leader``, ``ensemble``
+    (of the auxiliary peers). The leader is the model kept for inference (the run's primary); the
+    peers are saved too so ``kd evaluate`` shows the training table's rows.
+    """
+
+    name = "okddip"
+    Params = OKDDipParams
+    primary = "leader"
+    presets: ClassVar[dict[str, Any]] = {
+        # OKDDip: 300 epochs, batch 128, SGD Nesterov, lr 0.1 ÷10 at 150/225, wd 5e-4.
+        "paper": paper_preset(300, 128, [150, 225], 5e-4, nesterov=True, ramp_epochs=80.0),
+    }
+
+    def __init__(self, ctx: MethodContext, params: OKDDipParams) -> None:
+        super().__init__(ctx, params)
+        check_count(self.name, "auxiliary peers", params.peers)
+        if params.temperature <= 0:
+            raise KDError(f"--temperature must be positive (got {params.temperature})")
+        if params.projection_ratio < 1:
+            raise KDError(f"okddip: projection_ratio must be ≥ 1 (got {params.projection_ratio})")
+        params.ramp_epochs = resolve_ramp(params.ramp_epochs, ctx.epochs)
+        net = build_branched(ctx, self.name, params.peers + 1, params.split_at, gate=False)
+        params.split_at = net.spec.kwargs["split_at"]
+        self.runner = BranchRunner(net)
+        width = net.embed_dim
+        self.query = nn.Linear(width, max(1, width // params.projection_ratio), bias=False)
+        self.key = nn.Linear(width, max(1, width // params.projection_ratio), bias=False)
+
+    @property
+    def net(self) -> BranchedNet:
+        return self.runner.net
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits, embeddings = self.runner(images)
+        p = self.params.peers
+        peer_logits, leader_logits = logits[:p], logits[p]
+        source_logits, source_features = peer_logits, embeddings[:p]
+        if self.params.detach_targets:
+            source_logits, source_features = source_logits.detach(), source_features.detach()
+        targets, _ = attention_targets(source_logits, self.query(source_features.float()), self.key(source_features.float()))
+        leader_target = source_logits.float().mean(0)
+        ce = stacked_cross_entropy(peer_logits, labels)
+        ce_leader = F.cross_entropy(leader_logits.float(), labels)
+        t = self.params.temperature
+        kl_peers = peer_kl(peer_logits, targets, t)
+        kl_leader = peer_kl(leader_logits, leader_target, t)
+        w = ramp_at(step, self.ctx.steps_per_epoch, self.params.ramp_epochs)
+        loss = ce.sum() + ce_leader + w * (kl_peers.sum() + kl_leader)
+        detached = peer_logits.detach()
+        return {
+            "loss": loss, "ce": ce.detach().mean(), "ce_leader": ce_leader.detach(),
+            "kl_peers": kl_peers.detach().mean(), "kl_leader": kl_leader.detach(), "w": torch.tensor(w),
+            "acc": torch.stack([accuracy(z, labels) for z in detached]).mean(),
+            "acc_leader": accuracy(leader_logits.detach(), labels),
+        }
+
+    def _roles(self) -> list[str]:
+        return [f"peer{i}" for i in range(self.params.peers)] + ["leader"]
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        rows: dict[str, nn.Module] = {role: BranchView(self.net, i) for i, role in enumerate(self._roles())}
+        rows["ensemble"] = BranchEnsemble(self.net, list(range(self.params.peers)))
+        return rows
+
+    def export_models(self) -> dict[str, nn.Module]:
+        return export_branches(self.net, self._roles())
+
+    @classmethod
+    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
+        return assemble_ensemble(models, "peer")
+
+    def graphable_models(self) -> dict[str, nn.Module]:
+        return {"branches": self.runner}

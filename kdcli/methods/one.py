@@ -1,0 +1,106 @@
+"""Lan, Zhu, Gong (2018), "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS (arXiv:1806.04606)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcli.errors import KDError
+from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.losses import peer_kl, stacked_cross_entropy
+from kdcli.methods.online import (
+    BranchRunner,
+    BranchView,
+    build_branched,
+    check_count,
+    export_branches,
+    paper_preset,
+    ramp_at,
+    resolve_ramp,
+)
+from kdcli.models.branched import BranchedNet
+
+
+@dataclass
+class ONEParams:
+    """ONE hyperparameters (paper defaults).
+
+    Attributes:
+        peers: m, the number of branches (3 in the paper).
+        split_at: first per-branch stage of ``--model`` (``stageK``; "" = the last stage, ONE's choice).
+        temperature: T of the distillation term (3).
+        ramp_epochs: R of the ramp-up ``w(t) = exp(−5(1 − t/R)²)``, t the fractional epoch (80 in
+            the paper's 300 epochs); unset = the same 80/300 of this run's epochs.
+    """
+
+    peers: int = 3
+    split_at: str = ""
+    temperature: float = 3.0
+    ramp_epochs: float | None = None
+
+
+class ONE(Method):
+    """``Σ_i CE(z_i) + CE(z_e) + w(t)·Σ_i T²·KL(σ(z_e/T) ‖ σ(z_i/T))`` with ``z_e = Σ_i g_i z_i`` detached in the KL.
+
+    ``g`` is the gate (pooled trunk feature → Linear → BN → ReLU → softmax); CE(z_e) trains the gate
+    and all branches. Parts: ``ce`` (mean over branches), ``ce_ens``, ``kl`` (mean over branches),
+    ``w``, ``acc`` (mean branch accuracy), ``acc_ens``. Rows: ``branch0..``, ``ensemble`` (the gated
+    network, saved whole with its gate as model ``branched``).
+    """
+
+    name = "one"
+    Params = ONEParams
+    primary = "branch0"
+    presets: ClassVar[dict[str, Any]] = {
+        # ONE's scripts: SGD momentum 0.9, lr 0.1, batch 128, 300 epochs, ÷10 at 150/225, wd 1e-4.
+        "paper": paper_preset(300, 128, [150, 225], 1e-4, nesterov=False, ramp_epochs=80.0),
+    }
+
+    def __init__(self, ctx: MethodContext, params: ONEParams) -> None:
+        super().__init__(ctx, params)
+        check_count(self.name, "branches", params.peers)
+        if params.temperature <= 0:
+            raise KDError(f"--temperature must be positive (got {params.temperature})")
+        params.ramp_epochs = resolve_ramp(params.ramp_epochs, ctx.epochs)
+        net = build_branched(ctx, self.name, params.peers, params.split_at, gate=True)
+        params.split_at = net.spec.kwargs["split_at"]
+        self.runner = BranchRunner(net)
+
+    @property
+    def net(self) -> BranchedNet:
+        return self.runner.net
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits, _, gate = self.runner(images)
+        ensemble = torch.einsum("bm,mbc->bc", gate.float(), logits.float())
+        ce = stacked_cross_entropy(logits, labels)
+        ce_ens = F.cross_entropy(ensemble, labels)
+        target = ensemble.detach().unsqueeze(0).expand_as(logits)
+        kl = peer_kl(logits, target, self.params.temperature)
+        w = ramp_at(step, self.ctx.steps_per_epoch, self.params.ramp_epochs)
+        loss = ce.sum() + ce_ens + w * kl.sum()
+        detached = logits.detach()
+        return {
+            "loss": loss, "ce": ce.detach().mean(), "ce_ens": ce_ens.detach(), "kl": kl.detach().mean(),
+            "w": torch.tensor(w), "acc": torch.stack([accuracy(z, labels) for z in detached]).mean(),
+            "acc_ens": accuracy(ensemble.detach(), labels),
+        }
+
+    def _roles(self) -> list[str]:
+        return [f"branch{i}" for i in range(self.net.num_branches)]
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        rows: dict[str, nn.Module] = {role: BranchView(self.net, i) for i, role in enumerate(self._roles())}
+        rows["ensemble"] = self.net  # its forward is the gated ensemble
+        return rows
+
+    def export_models(self) -> dict[str, nn.Module]:
+        return {**export_branches(self.net, self._roles()), "ensemble": self.net}
+
+    def graphable_models(self) -> dict[str, nn.Module]:
+        return {"branches": self.runner}

@@ -1,0 +1,182 @@
+"""What the online methods share: building peer sets and branched nets, ensemble rows, presets, ramp-up.
+
+Roles, the same in training and in ``kd evaluate``: ``peer0..`` (DML, independent, OKDDip's auxiliary
+peers), ``branch0..`` (CL, ONE), ``leader`` (OKDDip) and ``ensemble`` (the log of the mean of the
+peers' probabilities; for ONE, the gated network itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from kdcli.errors import KDError
+from kdcli.methods.base import MethodContext
+from kdcli.methods.losses import mean_probability_logits, rampup_weight
+from kdcli.models import StagedNet, create_model
+from kdcli.models.branched import BranchedNet
+
+# The papers' ramp-up: w reaches 1 at epoch 80 of 300 (ONE, OKDDip). A shorter run keeps the ratio.
+PAPER_RAMP_EPOCHS = 80.0
+PAPER_EPOCHS = 300
+
+
+def check_count(method: str, what: str, count: int, minimum: int = 2) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < minimum:
+        raise KDError(f"{method} needs at least {minimum} {what} (got {count}); set --peers {max(minimum, 2)} or more")
+
+
+def peer_architectures(ctx: MethodContext, method: str, peers: int | None, minimum: int = 2) -> list[str]:
+    """The K peer architectures: ``--models a,b,...`` (heterogeneous) or ``--peers K`` copies of ``--model``."""
+    models = list(ctx.config.models)
+    if models:
+        if peers is not None and peers != len(models):
+            raise KDError(f"--peers {peers} disagrees with --models ({len(models)} names); give one or the other")
+        check_count(method, "peers", len(models), minimum)
+        return models
+    count = 2 if peers is None else peers
+    check_count(method, "peers", count, minimum)
+    return [ctx.config.model] * count
+
+
+def build_peers(ctx: MethodContext, archs: list[str]) -> nn.ModuleList:
+    info = ctx.info
+    return nn.ModuleList(create_model(arch, info.channels, info.image_size, info.num_classes) for arch in archs)
+
+
+def build_branched(ctx: MethodContext, method: str, branches: int, split_at: str, gate: bool) -> BranchedNet:
+    """The method's multi-branch net on ``--model``, split at ``--split-at``."""
+    if ctx.config.models:
+        raise KDError(f"{method} builds its branches from one --model; --models is for dml and independent")
+    info = ctx.info
+    net = create_model("branched", info.channels, info.image_size, info.num_classes,
+                       base=ctx.config.model, split_at=split_at, branches=branches, gate=gate)
+    # Record the resolved stage ("" = last) so the spec says exactly where the split is.
+    net.spec.kwargs["split_at"] = f"stage{net.split + 1}"
+    return net  # type: ignore[return-value]
+
+
+def resolve_ramp(ramp_epochs: float | None, epochs: int) -> float:
+    """``None`` → the paper's 80-of-300 ratio applied to this run's epochs (80 exactly at 300 epochs)."""
+    if ramp_epochs is None:
+        return PAPER_RAMP_EPOCHS * epochs / PAPER_EPOCHS
+    if ramp_epochs < 0:
+        raise KDError(f"--ramp-epochs must be ≥ 0 (got {ramp_epochs})")
+    return float(ramp_epochs)
+
+
+def ramp_at(step: int, steps_per_epoch: int, ramp_epochs: float) -> float:
+    """w(t) with t the fractional epoch ``step / steps_per_epoch`` (so it grows within an epoch too)."""
+    return rampup_weight(step / max(1, steps_per_epoch), ramp_epochs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation rows
+
+
+class MeanProbEnsemble(nn.Module):
+    """Several classifiers as one: log of the mean of their probabilities (argmax = the averaged vote)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_probability_logits(torch.stack([m(x).float() for m in self.members]))
+
+
+class BranchView(nn.Module):
+    """Branch ``index`` of a branched net as a classifier (trunk + that branch only)."""
+
+    def __init__(self, net: BranchedNet, index: int) -> None:
+        super().__init__()
+        self.net = net
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.branch_logits(x, self.index)
+
+
+class BranchEnsemble(nn.Module):
+    """Mean-probability ensemble of some branches of a branched net, from one trunk pass."""
+
+    def __init__(self, net: BranchedNet, indices: list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.indices = indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net.branch_outputs(x).logits
+        return mean_probability_logits(logits[self.indices])
+
+
+def assemble_ensemble(models: dict[str, nn.Module], prefix: str) -> dict[str, nn.Module]:
+    """``kd evaluate``: add the ``ensemble`` row over the saved roles named ``<prefix>0``, ``<prefix>1``, ..."""
+    members = [models[f"{prefix}{i}"] for i in range(len(models)) if f"{prefix}{i}" in models]
+    if len(members) < 2 or "ensemble" in models:
+        return models
+    return {**models, "ensemble": MeanProbEnsemble(members)}
+
+
+class BranchRunner(nn.Module):
+    """Runs every branch at once for training: ``x → (logits [m,B,C], embeddings [m,B,D][, gate [B,m]])``.
+
+    A module of its own (holding the net) so the engine can capture it as one CUDA graph; the
+    trunk gradient scale (CL-ILR) is part of it.
+    """
+
+    def __init__(self, net: BranchedNet, trunk_grad_scale: float = 1.0) -> None:
+        super().__init__()
+        self.net = net
+        self.trunk_grad_scale = trunk_grad_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net.branch_outputs(x, self.trunk_grad_scale)
+        return (out.logits, out.embeddings) if out.gate is None else (out.logits, out.embeddings, out.gate)
+
+
+def export_branches(net: BranchedNet, names: list[str]) -> dict[str, StagedNet]:
+    """Each branch as a standalone base-architecture model, by role name."""
+    return {name: net.export_branch(i) for i, name in enumerate(names)}
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Forward in training mode (batch statistics) without moving the running statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
+def preset_for(method_cls: Any, name: str) -> dict[str, Any]:
+    """A method's ``--preset``: ``quick`` (short default) or ``paper`` (the paper's protocol)."""
+    presets = {"quick": QUICK_PRESET, **getattr(method_cls, "presets", {})}
+    if name not in presets:
+        raise KDError(f"method {method_cls.name!r} has no {name!r} preset (it has: {', '.join(presets) or 'none'})")
+    return presets[name]
+
+
+# The short default of `kd distill-online` (a method may override it): seconds on digits on a CPU.
+QUICK_PRESET: dict[str, Any] = {"model": "lenet5", "epochs": 20, "lr": 0.05, "batch_size": 64, "schedule": "cosine"}
+
+
+def paper_preset(epochs: int, batch_size: int, milestones: list[int], weight_decay: float, nesterov: bool,
+                 **method: Any) -> dict[str, Any]:
+    """The CIFAR protocol every online paper shares in shape: ResNet-32, SGD momentum 0.9, lr 0.1, ÷10 steps."""
+    preset: dict[str, Any] = {
+        "model": "resnet32", "epochs": epochs, "batch_size": batch_size, "lr": 0.1, "optimizer": "sgd",
+        "momentum": 0.9, "nesterov": nesterov, "weight_decay": weight_decay, "schedule": "step",
+        "milestones": milestones, "gamma": 0.1, "warmup_epochs": 0.0,
+    }
+    if method:
+        preset["method"] = method
+    return preset

@@ -1,0 +1,260 @@
+"""What the data-free methods share: distilling from a synthetic transfer set, and training a generator.
+
+Two families, both driven by the engine's one loop (``needs_data = False``, so the training split is
+never loaded):
+
+* :class:`TransferSetDistill`: ZSKD, Lopes et al., DeepInversion. The transfer set is synthesised on
+  the device when the method is built (or loaded with ``synthetic=DIR``), kept there, and each step
+  distils on one shuffled batch of it: the teacher's soft targets at T, T² scaling.
+* :class:`GeneratorDistill`: DAFL, ZSKT. A generator and the student train together; the method
+  steps its own two optimizers (``manual_optimization``).
+
+Both write their by-products into the run through ``write_artifacts`` (the synthetic set and its
+``samples.png``, or ``generator.safetensors``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcli import synthetic
+from kdcli.data.loader import seeded_generator
+from kdcli.errors import KDError
+from kdcli.methods.base import Batch, Method, MethodContext
+from kdcli.methods.losses import kd_loss
+from kdcli.models import create_model
+from kdcli.synthetic import SyntheticSet
+
+SHIFT_PADDING = 2  # pixels a transfer-set image may move when --augment includes crop
+
+
+def student_for(ctx: MethodContext) -> nn.Module:
+    info = ctx.info
+    return create_model(ctx.config.model, info.channels, info.image_size, info.num_classes)
+
+
+def shift_flip(pixels: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Batched random translation by up to ``pad`` pixels (zero fill) and optional horizontal flip."""
+    b, _, h, w = pixels.shape
+    dev = pixels.device
+    if pad:
+        padded = F.pad(pixels, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C]
+        rows = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(dev) + torch.arange(h, device=dev)
+        cols = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(dev) + torch.arange(w, device=dev)
+        batch = torch.arange(b, device=dev)[:, None, None]
+        pixels = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mirror = (torch.rand(b, generator=generator) < 0.5).to(dev)
+        pixels = torch.where(mirror[:, None, None, None], pixels.flip(3), pixels)
+    return pixels
+
+
+class TransferSetDistill(Method):
+    """Distil on a synthetic transfer set kept on the device. Loss parts: ``loss`` (= ``soft``), ``agree``.
+
+    Subclasses implement :meth:`synthesize` (``n`` impressions on the device, in batches) and may
+    override :meth:`check_teacher` (refuse a teacher the method cannot invert).
+    """
+
+    needs_data: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+    primary: ClassVar[str] = "student"
+    default_dtype: ClassVar[str] = "uint8"
+
+    def __init__(self, ctx: MethodContext, params: Any) -> None:
+        super().__init__(ctx, params)
+        self.student = student_for(ctx)
+        if params.synthetic:
+            data, self.origin = synthetic.read_set(params.synthetic)
+            expected = [ctx.info.channels, ctx.info.image_size, ctx.info.image_size]
+            if list(data.images.shape[1:]) != expected or data.soft_targets.shape[1] != ctx.info.num_classes:
+                raise KDError(
+                    f"synthetic set {params.synthetic} holds {list(data.images.shape[1:])} images of "
+                    f"{data.soft_targets.shape[1]} classes; this teacher needs {expected} and {ctx.info.num_classes}"
+                )
+            self.made_here = False
+        else:
+            if params.n <= 0:
+                raise KDError(f"-n must be positive (got {params.n})")
+            self.check_teacher(ctx, params)
+            torch.manual_seed(ctx.config.train.seed)
+            with synthetic.Timer(ctx.device) as timer:
+                data = self.synthesize(ctx, params, params.n)
+            self.origin = {"method": self.name, "synthesis_s": round(timer.seconds, 3),
+                           "samples_per_s": round(len(data) / max(timer.seconds, 1e-9), 2)}
+            self.made_here = True
+        self.transfer = data
+        # the set lives on the device as float16 pixels: uint8 sets convert exactly enough (< 1e-3)
+        self.register_buffer("pixels", data.pixels().to(ctx.device, torch.float16), persistent=False)
+        self.batch_size = min(ctx.config.train.batch_size, len(data))
+        augment = ctx.info.augment if ctx.config.data.augment == "auto" else ctx.config.data.augment
+        self.shift = SHIFT_PADDING if "crop" in augment else 0
+        self.flip = "flip" in augment
+        self._order: torch.Tensor | None = None
+
+    # -- what a subclass provides ------------------------------------------------------------------
+    @classmethod
+    def check_teacher(cls, ctx: MethodContext, params: Any) -> None:
+        """Raise KDError if this teacher cannot be used (before any work is done)."""
+
+    @classmethod
+    def synthesize(cls, ctx: MethodContext, params: Any, n: int) -> SyntheticSet:
+        raise NotImplementedError
+
+    # -- the engine's side -----------------------------------------------------------------------
+    def steps_per_epoch(self) -> int | None:
+        return len(self.transfer) // self.batch_size
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        order = torch.randperm(len(self.transfer), generator=seeded_generator(self.ctx.config.train.seed, epoch, "transfer"))
+        self._order = order.to(self.pixels.device)
+
+    def next_batch(self, step: int) -> torch.Tensor:
+        """Normalised images of this step's batch (position ``step`` in the epoch's order), augmented."""
+        at = step % self.steps_per_epoch()
+        index = self._order[at * self.batch_size:(at + 1) * self.batch_size]
+        pixels = self.pixels.index_select(0, index).float()
+        if self.shift or self.flip:
+            pixels = shift_flip(pixels, self.shift, self.flip, seeded_generator(self.ctx.config.train.seed, step, "shift"))
+        return synthetic.normalise(pixels, self.ctx.info.mean, self.ctx.info.std)
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        images = self.next_batch(step)
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        student_logits = self.student(images)
+        loss = kd_loss(student_logits, teacher_logits, self.params.temperature)
+        agree = (student_logits.detach().argmax(1) == teacher_logits.argmax(1)).float().mean()
+        return {"loss": loss, "agree": agree}
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def write_artifacts(self, run_dir: Path) -> dict[str, Any]:
+        """Keep the transfer set with the run (``synthetic/``) and its preview as ``samples.png``."""
+        if not self.made_here:
+            synthetic.write_samples_png(run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes,
+                                        self.ctx.info.num_classes)
+            return {"synthetic": str(Path(self.params.synthetic).resolve()), "samples": synthetic.SAMPLES_FILE}
+        description = {"method": self.name, "params": vars(self.params), "dataset": self.ctx.info.to_dict(),
+                       "seed": self.ctx.config.train.seed, "device": str(self.ctx.device), **self.origin}
+        synthetic.write_set(run_dir / "synthetic", self.transfer, description, self.ctx.info.num_classes, self.default_dtype)
+        synthetic.write_samples_png(run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes,
+                                    self.ctx.info.num_classes)
+        return {"synthetic": "synthetic", "samples": synthetic.SAMPLES_FILE,
+                "synthesis_s": self.origin["synthesis_s"], "samples_per_s": self.origin["samples_per_s"]}
+
+
+def optimise_pixels(
+    ctx: MethodContext,
+    init: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, slice], torch.Tensor],
+    *,
+    iterations: int,
+    lr: float,
+    chunk: int,
+    project: Callable[[torch.Tensor], torch.Tensor],
+    description: str,
+) -> torch.Tensor:
+    """Adam on the pixels of ``init`` ``[N, C, H, W]``, ``chunk`` impressions at a time on the device.
+
+    ``loss_fn(normalised_images, rows)`` returns one loss per impression (``rows`` says which), so the
+    impressions of a chunk are independent and the chunk size only sets speed. After every step the
+    pixels are mapped by ``project`` (clamp or rescale to [0, 1]). Returns float pixels on the CPU.
+    """
+    from kdcli.engine import autocast, resolve_precision
+
+    device = ctx.device
+    dtype = resolve_precision(ctx.config.train.precision, device)
+    out = torch.empty_like(init)
+    n = init.shape[0]
+    with synthetic.progress(description, n * iterations) as advance:
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            x = init[rows].to(device).clone().requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=lr)
+            for it in range(iterations):
+                with autocast(device, dtype):
+                    loss = loss_fn(synthetic.normalise(x, ctx.info.mean, ctx.info.std), rows).float().sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    x.copy_(project(x))
+                if (it + 1) % 50 == 0 or it + 1 == iterations:
+                    advance((rows.stop - rows.start) * (50 if (it + 1) % 50 == 0 else (it + 1) % 50))
+            out[rows] = x.detach().cpu()
+    return out
+
+
+def finish_set(ctx: MethodContext, pixels: torch.Tensor, classes: torch.Tensor) -> SyntheticSet:
+    """Quantise to uint8 (what is stored) and record the teacher's soft targets on exactly those images."""
+    images = synthetic.to_uint8(pixels)
+    targets = synthetic.soft_targets(ctx.teacher, images.float() / 255.0, ctx.info.mean, ctx.info.std)
+    return SyntheticSet(images, targets, classes.long())
+
+
+class GeneratorDistill(Method):
+    """A generator and the student trained together (DAFL, ZSKT); the method steps both optimizers.
+
+    Subclasses build ``self.generator`` and ``self.student`` and implement ``training_step``.
+    """
+
+    needs_data: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+    manual_optimization: ClassVar[bool] = True
+    primary: ClassVar[str] = "student"
+    default_dtype: ClassVar[str] = "float16"  # generator output is not confined to the pixel range
+    generator: nn.Module
+
+    def steps_per_epoch(self) -> int | None:
+        return self.params.iterations
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def latent(self) -> torch.Tensor:
+        return torch.randn(self.ctx.config.train.batch_size, self.params.latent_dim, device=self.ctx.device)
+
+    @torch.no_grad()
+    def sample_set(self, n: int) -> SyntheticSet:
+        """``n`` generator samples, drawn in training-size batches with the generator in train mode
+        (its BatchNorms use batch statistics, as during training); class = the teacher's argmax."""
+        from kdcli.engine import autocast, resolve_precision
+
+        dtype = resolve_precision(self.ctx.config.train.precision, self.ctx.device)
+        self.generator.train()
+        pixels, targets = [], []
+        batch = self.ctx.config.train.batch_size
+        with synthetic.progress("sample generator", n) as advance:
+            for start in range(0, n, batch):
+                with autocast(self.ctx.device, dtype):
+                    images = self.generator(self.latent())[: n - start].float()
+                    logits = self.teacher(images).float()
+                pixels.append(synthetic.to_pixels(images, self.ctx.info.mean, self.ctx.info.std).cpu())
+                targets.append(torch.softmax(logits, 1).cpu())
+                advance(images.shape[0])
+        soft = torch.cat(targets)
+        return SyntheticSet(torch.cat(pixels), soft, soft.argmax(1))
+
+    def save_generator(self, folder: Path) -> dict[str, str]:
+        from kdcli.checkpoint import save_model
+
+        save_model(folder / "generator.safetensors", self.generator, "generator", self.ctx.info.to_dict())
+        return {"generator": "generator.safetensors"}
+
+    def write_artifacts(self, run_dir: Path) -> dict[str, Any]:
+        """The trained generator as ``generator.safetensors`` (rebuilt by ``kdcli.models.generator.load_generator``)
+        and a preview of its samples as ``samples.png``."""
+        files = self.save_generator(run_dir)
+        rows = self.ctx.info.num_classes * synthetic.SAMPLES_PER_CLASS * 4
+        preview = self.sample_set(min(max(rows, self.ctx.config.train.batch_size), 4096))
+        synthetic.write_samples_png(run_dir / synthetic.SAMPLES_FILE, preview.pixels(), preview.classes,
+                                    self.ctx.info.num_classes)
+        return {**files, "samples": synthetic.SAMPLES_FILE}
