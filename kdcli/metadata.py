@@ -98,7 +98,7 @@ def connectivity(model: nn.Module, sample: torch.Tensor) -> list[torch.Tensor]:
     blocks = []
     stages = [_absolute_copy(s) for s in model.stages]
     head = nn.Sequential(_absolute_copy(model.pool), _absolute_copy(model.classifier))
-    for l, shape in enumerate(shapes):
+    for layer, shape in enumerate(shapes):
         if len(shape) == 3:
             c, h, w = shape
             g = cell_grid(c, h)
@@ -108,7 +108,7 @@ def connectivity(model: nn.Module, sample: torch.Tensor) -> list[torch.Tensor]:
         else:
             size = shape[0]
             probe = torch.eye(size, device=sample.device)
-        nxt = stages[l + 1](probe) if l + 1 < len(stages) else head(probe)
+        nxt = stages[layer + 1](probe) if layer + 1 < len(stages) else head(probe)
         if nxt.dim() == 4:
             nxt = F.adaptive_avg_pool2d(nxt, cell_grid(nxt.shape[1], nxt.shape[2])).flatten(1)
         blocks.append(nxt.float().clamp_min(0).cpu())
@@ -133,9 +133,9 @@ def _block_graph(blocks: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
     for s in sizes:
         offsets.append(offsets[-1] + s)
     a = torch.zeros(offsets[-1], offsets[-1])
-    for l, block in enumerate(blocks):
+    for layer, block in enumerate(blocks):
         scaled = block / block.max().clamp_min(1e-12)
-        a[offsets[l]:offsets[l + 1], offsets[l + 1]:offsets[l + 2]] = scaled
+        a[offsets[layer] : offsets[layer + 1], offsets[layer + 1] : offsets[layer + 2]] = scaled
     return a + a.t()
 
 
@@ -167,9 +167,18 @@ class Metadata:
 
     def to(self, device: torch.device | str) -> "Metadata":
         move = lambda ts: [t.to(device) for t in ts]  # noqa: E731
-        return Metadata(move(self.layer_mean), move(self.layer_std), self.all_basis.to(device),
-                        self.all_mean.to(device), self.all_std.to(device), move(self.pair_basis),
-                        move(self.pair_mean), move(self.pair_std), self.class_count.to(device), self.description)
+        return Metadata(
+            move(self.layer_mean),
+            move(self.layer_std),
+            self.all_basis.to(device),
+            self.all_mean.to(device),
+            self.all_std.to(device),
+            move(self.pair_basis),
+            move(self.pair_mean),
+            move(self.pair_std),
+            self.class_count.to(device),
+            self.description,
+        )
 
     def blocks(self, objective: str, units: list[torch.Tensor]) -> list[torch.Tensor]:
         """What an objective compares, computed from a forward pass's units."""
@@ -180,7 +189,7 @@ class Metadata:
         if objective == "spectral_all_layers":
             return [torch.cat(units, dim=1) @ self.all_basis]
         if objective == "spectral_layer_pairs":
-            return [torch.cat([units[l], units[l + 1]], dim=1) @ b for l, b in enumerate(self.pair_basis)]
+            return [torch.cat([units[i], units[i + 1]], dim=1) @ b for i, b in enumerate(self.pair_basis)]
         raise KDError(unknown_objective(objective))
 
     def statistics(self, objective: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -215,8 +224,9 @@ def _file_sha256(path: Path) -> str:
 
 
 @torch.no_grad()
-def record(run_ref: str, device: str = "auto", data_dir: str | None = None, batch_size: int = 1024,
-           quiet: bool = True) -> dict[str, Any]:
+def record(
+    run_ref: str, device: str = "auto", data_dir: str | None = None, batch_size: int = 1024, quiet: bool = True
+) -> dict[str, Any]:
     """Read the run's training split once (eval mode) and write ``metadata.safetensors``; list it in run.json."""
     from kdcli.data import get_dataset
     from kdcli.data.loader import DeviceLoader
@@ -234,8 +244,9 @@ def record(run_ref: str, device: str = "auto", data_dir: str | None = None, batc
     dataset = get_dataset(dataset_info["name"], data_dir or info.get("config", {}).get("data", {}).get("data_dir"))
     train = dataset.load("train")
     num_classes = meta["spec"]["num_classes"]
-    loader = DeviceLoader(train, batch_size, mean=dataset.info.mean, std=dataset.info.std, device=dev, shuffle=False,
-                          drop_last=False)
+    loader = DeviceLoader(
+        train, batch_size, mean=dataset.info.mean, std=dataset.info.std, device=dev, shuffle=False, drop_last=False
+    )
     sample = next(iter(loader.epoch(0)))[0]
     blocks = connectivity(model, sample)
     sizes = [u.shape[1] for u in layer_units(model, sample[:1])]
@@ -261,7 +272,7 @@ def record(run_ref: str, device: str = "auto", data_dir: str | None = None, batc
         counts += torch.bincount(labels, minlength=num_classes).double()
         accumulate("layer", units, labels)
         accumulate("all", [torch.cat(units, 1) @ all_basis], labels)
-        accumulate("pair", [torch.cat([units[l], units[l + 1]], 1) @ b for l, b in enumerate(pair_basis)], labels)
+        accumulate("pair", [torch.cat([units[i], units[i + 1]], 1) @ b for i, b in enumerate(pair_basis)], labels)
     if (counts == 0).any():
         missing = (counts == 0).nonzero().flatten().tolist()
         raise KDError(f"the training split has no sample of class(es) {missing[:5]}; cannot record their statistics")
@@ -274,8 +285,8 @@ def record(run_ref: str, device: str = "auto", data_dir: str | None = None, batc
             tensors[f"{name}{i // 2}.mean"] = mean.float()
             tensors[f"{name}{i // 2}.std"] = var.sqrt().float()
     tensors["all0.basis"] = all_basis
-    for l, b in enumerate(pair_basis):
-        tensors[f"pair{l}.basis"] = b
+    for i, b in enumerate(pair_basis):
+        tensors[f"pair{i}.basis"] = b
     weights_file = run_dir / info["roles"][role]["file"]
     description = {
         "kind": "lopes-metadata",
@@ -288,9 +299,14 @@ def record(run_ref: str, device: str = "auto", data_dir: str | None = None, batc
         "dataset": dataset_info["name"],
     }
     path = run_dir / METADATA_FILE
-    checkpoint.save_tensors(path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)})
-    listing = {"file": METADATA_FILE, "bytes": path.stat().st_size, **{k: description[k] for k in
-                                                                       ("layers", "objectives", "train_samples")}}
+    checkpoint.save_tensors(
+        path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)}
+    )
+    listing = {
+        "file": METADATA_FILE,
+        "bytes": path.stat().st_size,
+        **{k: description[k] for k in ("layers", "objectives", "train_samples")},
+    }
     info = checkpoint.read_run(run_dir)
     info["metadata"] = listing
     checkpoint.write_json(run_dir / checkpoint.RUN_FILE, info)
@@ -312,15 +328,25 @@ def load(run_ref: str) -> Metadata:
         layers = len(description["layers"])
         weights_file = run_dir / info["roles"][description["role"]]["file"]
         result = Metadata(
-            [tensors[f"layer{i}.mean"] for i in range(layers)], [tensors[f"layer{i}.std"] for i in range(layers)],
-            tensors["all0.basis"], tensors["all0.mean"], tensors["all0.std"],
-            [tensors[f"pair{i}.basis"] for i in range(layers - 1)], [tensors[f"pair{i}.mean"] for i in range(layers - 1)],
-            [tensors[f"pair{i}.std"] for i in range(layers - 1)], tensors["class_count"], description,
+            [tensors[f"layer{i}.mean"] for i in range(layers)],
+            [tensors[f"layer{i}.std"] for i in range(layers)],
+            tensors["all0.basis"],
+            tensors["all0.mean"],
+            tensors["all0.std"],
+            [tensors[f"pair{i}.basis"] for i in range(layers - 1)],
+            [tensors[f"pair{i}.mean"] for i in range(layers - 1)],
+            [tensors[f"pair{i}.std"] for i in range(layers - 1)],
+            tensors["class_count"],
+            description,
         )
     except (KeyError, json.JSONDecodeError):
-        raise KDError(f"{path} is not kd activation metadata; re-create it: kd record-metadata --teacher {run_dir}") from None
+        raise KDError(
+            f"{path} is not kd activation metadata; re-create it: kd record-metadata --teacher {run_dir}"
+        ) from None
     if description["role"] == role and _file_sha256(weights_file) != description["teacher_sha256"]:
-        raise KDError(f"{path} was recorded for other teacher weights; re-create it: kd record-metadata --teacher {run_dir}")
+        raise KDError(
+            f"{path} was recorded for other teacher weights; re-create it: kd record-metadata --teacher {run_dir}"
+        )
     return result
 
 
@@ -339,6 +365,8 @@ def record_after_training(result: dict[str, Any], config: Any) -> dict[str, Any]
     try:
         return record(result["run_dir"], device=config.train.device, data_dir=config.data.data_dir)
     except KDError as err:
-        console.log(f"[yellow]activation metadata not recorded ({err}); add it later with: "
-                    f"kd record-metadata --teacher {result['run_dir']}")
+        console.log(
+            f"[yellow]activation metadata not recorded ({err}); add it later with: "
+            f"kd record-metadata --teacher {result['run_dir']}"
+        )
         return None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +29,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(col, justify="left" if i < 2 else "right")
     for row in rows:
         table.add_row(*[_fmt(v) for v in row])
-    (console or Console()).print(table)
+    # piped output (CI logs, `| less`) keeps the whole table instead of rich's 80-column default
+    (console or Console(width=None if sys.stdout.isatty() else max(120, shutil.get_terminal_size().columns))).print(table)
 
 
 def _fmt(value: Any) -> str:

@@ -92,8 +92,9 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def soft_targets(teacher: torch.nn.Module, pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 batch_size: int = 1024) -> torch.Tensor:
+def soft_targets(
+    teacher: torch.nn.Module, pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], batch_size: int = 1024
+) -> torch.Tensor:
     """The teacher's softmax on float pixel images (on the teacher's device), as float32 on the CPU."""
     device = next(teacher.parameters()).device
     out = []
@@ -110,12 +111,27 @@ def soft_targets(teacher: torch.nn.Module, pixels: torch.Tensor, mean: Sequence[
 @contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar on stderr; yields ``advance(k)``. Silent under :func:`set_quiet`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from kdcli.engine import console
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, transient=True, disable=_quiet)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=_quiet,
+    )
     with bar:
         task = bar.add_task(description, total=total)
         yield lambda k: bar.advance(task, k)
@@ -164,8 +180,11 @@ def write_set(
             stop = min(start + shard_size, len(data))
             save_tensors(
                 tmp / name,
-                {"images": images[start:stop], "soft_targets": data.soft_targets[start:stop].float(),
-                 "classes": data.classes[start:stop].long()},
+                {
+                    "images": images[start:stop],
+                    "soft_targets": data.soft_targets[start:stop].float(),
+                    "classes": data.classes[start:stop].long(),
+                },
                 {"kd_format": FORMAT_VERSION, "kind": "synthetic-shard"},
             )
             shards.append({"file": name, "count": stop - start})
@@ -229,8 +248,9 @@ def read_set(path: str | Path) -> tuple[SyntheticSet, dict[str, Any]]:
     return data, info
 
 
-def write_samples_png(path: Path, pixels: torch.Tensor, classes: torch.Tensor, num_classes: int,
-                      per_class: int = SAMPLES_PER_CLASS) -> None:
+def write_samples_png(
+    path: Path, pixels: torch.Tensor, classes: torch.Tensor, num_classes: int, per_class: int = SAMPLES_PER_CLASS
+) -> None:
     """``samples.png``: row ``c`` shows the first ``per_class`` images aimed at class ``c`` (blank if fewer)."""
     from kdcli.report import image_grid
 
@@ -238,7 +258,7 @@ def write_samples_png(path: Path, pixels: torch.Tensor, classes: torch.Tensor, n
     grid = torch.ones(num_classes * per_class, c, h, w)
     for k in range(num_classes):
         index = (classes == k).nonzero().flatten()[:per_class]
-        grid[k * per_class: k * per_class + len(index)] = pixels[index].float().clamp(0, 1).cpu()
+        grid[k * per_class : k * per_class + len(index)] = pixels[index].float().clamp(0, 1).cpu()
     image_grid(grid, rows=num_classes, path=path, scale=max(1, min(8, 96 // h)))
 
 
@@ -270,8 +290,15 @@ class Timer:
 # `kd synthesize`
 
 
-def synthesize(config: Any, n: int, out: str | Path, *, dtype: str | None = None, overwrite: bool = False,
-               argv: list[str] | None = None) -> dict[str, Any]:
+def synthesize(
+    config: Any,
+    n: int,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     """Make a transfer set of ``n`` samples with ``config.method`` from ``config.teacher`` and write it to ``out``.
 
     Input-optimisation methods (zskd, lopes, deepinversion) synthesise directly; generator methods
@@ -302,8 +329,9 @@ def synthesize(config: Any, n: int, out: str | Path, *, dtype: str | None = None
     if issubclass(cls, GeneratorDistill):
         method = cls(ctx, built.params)
         ctx.steps_per_epoch = method.steps_per_epoch() or 0
-        fitted = fit(method, config, None, None, built.test_set, built.info, built.device, RunWriter(None),
-                     quiet=_quiet)
+        fitted = fit(
+            method, config, None, None, built.test_set, built.info, built.device, RunWriter(None), quiet=_quiet
+        )
         result["student_test_top1"] = fitted.test["student"]["top1"]
         result["train_wall_time_s"] = round(fitted.wall_time_s, 3)
         with Timer(built.device) as timer:
@@ -319,8 +347,11 @@ def synthesize(config: Any, n: int, out: str | Path, *, dtype: str | None = None
     description = {
         "method": config.method,
         "params": vars(built.params),
-        "teacher": {"run": str(Path(built.teacher_meta["run"]).resolve()), "role": built.teacher_meta["role"],
-                    "spec": built.teacher_meta["spec"]},
+        "teacher": {
+            "run": str(Path(built.teacher_meta["run"]).resolve()),
+            "role": built.teacher_meta["role"],
+            "spec": built.teacher_meta["spec"],
+        },
         "dataset": built.info.to_dict(),
         "config": config.to_dict(),
         "seed": config.train.seed,
@@ -333,5 +364,10 @@ def synthesize(config: Any, n: int, out: str | Path, *, dtype: str | None = None
         **result,
     }
     write_set(out_path, data, description, built.info.num_classes, dtype, extra)
-    return {**description, "out": str(out_path), "count": len(data), "dtype": dtype,
-            "teacher_agreement": float((data.soft_targets.argmax(1) == data.classes).float().mean())}
+    return {
+        **description,
+        "out": str(out_path),
+        "count": len(data),
+        "dtype": dtype,
+        "teacher_agreement": float((data.soft_targets.argmax(1) == data.classes).float().mean()),
+    }

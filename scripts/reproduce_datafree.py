@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("noise", "dafl", "zskt", "zskd", "lopes", "deepinversion", "kd")
 SECTION = ("<!-- datafree:start -->", "<!-- datafree:end -->")
 ANCHORS = {  # published MNIST LeNet-5 → LeNet-5-half numbers (PAPERS.md)
-    ("mnist", "dafl"): "98.20", ("mnist", "zskd"): "98.77", ("mnist", "lopes"): "92.47", ("mnist", "kd"): "98.91 (DAFL's KD row)",
+    ("mnist", "dafl"): "98.20",
+    ("mnist", "zskd"): "98.77",
+    ("mnist", "lopes"): "92.47",
+    ("mnist", "kd"): "98.91 (DAFL's KD row)",
 }
 
 
@@ -64,25 +67,68 @@ def run_one(cmd: list[str], out: Path) -> tuple[dict, float]:
     info = json.loads(run_json.read_text())
     info["reproduce_wall_s"] = round(wall, 1)
     run_json.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"  {info['metrics']['test'].get('student', info['metrics']['test'].get('teacher', {})).get('top1', 0) * 100:.2f}% "
-          f"in {wall:.0f}s", flush=True)
+    scores = info["metrics"]["test"]
+    top1 = scores.get("student", scores.get("teacher", {})).get("top1", 0.0)
+    print(
+        f"  {top1 * 100:.2f}% in {wall:.0f}s",
+        flush=True,
+    )
     return info, wall
 
 
 def teacher_cmd(args: argparse.Namespace, model: str, out: Path) -> list[str]:
-    return kd_cmd("train-teacher", "--dataset", args.dataset, "--model", model, "--epochs", str(args.teacher_epochs),
-                  "--lr", str(args.teacher_lr), "--batch-size", "128", "--seed", "0", "--device", args.device,
-                  "--out", rel(out))
+    epochs = (
+        args.bn_teacher_epochs if model == args.bn_teacher_model and args.bn_teacher_epochs else args.teacher_epochs
+    )
+    return kd_cmd(
+        "train-teacher",
+        "--dataset",
+        args.dataset,
+        "--model",
+        model,
+        "--epochs",
+        str(epochs),
+        "--lr",
+        str(args.teacher_lr),
+        "--batch-size",
+        "128",
+        "--seed",
+        "0",
+        "--device",
+        args.device,
+        "--out",
+        rel(out),
+    )
 
 
 def method_cmd(args: argparse.Namespace, method: str, teacher: Path, seed: int, out: Path) -> list[str]:
     common = ["--seed", str(seed), "--device", args.device, "--out", rel(out)]
     if method == "kd":
-        return kd_cmd("distill", "--teacher", rel(teacher), "--model", args.student, "--epochs", str(args.kd_epochs),
-                      *common, *shlex.split(args.kd_extra))
+        return kd_cmd(
+            "distill",
+            "--teacher",
+            rel(teacher),
+            "--model",
+            args.student,
+            "--epochs",
+            str(args.kd_epochs),
+            *common,
+            *shlex.split(args.kd_extra),
+        )
     extra = shlex.split(getattr(args, f"{method}_extra") or "")
-    return kd_cmd("distill-datafree", "--teacher", rel(teacher), "--method", method, "--student", args.student,
-                  "--preset", args.preset, *common, *extra)
+    return kd_cmd(
+        "distill-datafree",
+        "--teacher",
+        rel(teacher),
+        "--method",
+        method,
+        "--student",
+        args.student,
+        "--preset",
+        args.preset,
+        *common,
+        *extra,
+    )
 
 
 def fmt(values: list[float]) -> str:
@@ -133,15 +179,23 @@ def reproduce(args: argparse.Namespace) -> str:
                 if seed == seeds[0]:
                     commands.append(" ".join(cmd))
             teacher_arch = teacher_infos[group]["roles"]["teacher"]["arch"]
-            rows.append([
-                method + (" (with data)" if method == "kd" else ""), f"{teacher_arch} ({teacher_top1 * 100:.2f})",
-                args.student, fmt(accs), fmt(agree), len(seeds), f"{statistics.mean(walls) / 60:.1f}",
-                ANCHORS.get((args.dataset, method), "—") if group == "plain" else "—",
-            ])
+            rows.append(
+                [
+                    method + (" (with data)" if method == "kd" else ""),
+                    f"{teacher_arch} ({teacher_top1 * 100:.2f})",
+                    args.student,
+                    fmt(accs),
+                    fmt(agree),
+                    len(seeds),
+                    f"{statistics.mean(walls) / 60:.1f}",
+                    ANCHORS.get((args.dataset, method), "—") if group == "plain" else "—",
+                ]
+            )
     when = dt.date.today().isoformat()
     machine = f"{args.device}: {platform.machine()} {args.machine}".strip()
     lines = [
-        f"### {args.dataset}: {args.teacher_model} → {args.student}, preset `{args.preset}`, seeds {args.seeds} ({args.tag})",
+        f"### {args.dataset}: {args.teacher_model} → {args.student}, preset `{args.preset}`, "
+        f"seeds {args.seeds} ({args.tag})",
         "",
         f"Machine: {machine}; {when}. Accuracy: test top-1 % at the last epoch, mean ± std over seeds.",
         "",
@@ -170,21 +224,38 @@ def bench(args: argparse.Namespace) -> str:
     cases = [
         ("zskd", "plain", ["-n", str(args.bench_n), "--iterations", str(args.bench_iterations)]),
         ("deepinversion", "bn", ["-n", str(args.bench_n), "--iterations", str(args.bench_iterations)]),
-        ("dafl", "plain", ["-n", str(args.bench_n * 10), "--epochs", "1", "--iterations", "5"]),
+        ("dafl", "plain", ["-n", str(args.bench_n * 10), "--epochs", "1", "--iterations", "5", "--batch-size", "512"]),
     ]
     rows, commands = [], []
     for method, teacher, extra in cases:
         target = out / f"bench-{method}"
-        cmd = kd_cmd("synthesize", "--teacher", rel(teachers[teacher]), "--method", method, "--device", args.device,
-                     "--out", rel(target), *extra)
+        cmd = kd_cmd(
+            "synthesize",
+            "--teacher",
+            rel(teachers[teacher]),
+            "--method",
+            method,
+            "--device",
+            args.device,
+            "--out",
+            rel(target),
+            *extra,
+        )
         print("$", " ".join(cmd), flush=True)
-        done = subprocess.run([sys.executable, "-m", "kdcli", *cmd[1:], "--quiet", "--json", "--overwrite"], cwd=ROOT,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "kdcli", *cmd[1:], "--quiet", "--json", "--overwrite"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
         result = json.loads(done.stdout)
-        what = ("generator samples/s (sampling + teacher soft targets)" if method == "dafl"
-                else f"impressions/s at {args.bench_iterations} iterations each")
+        what = (
+            "generator samples/s (sampling + teacher soft targets)"
+            if method == "dafl"
+            else f"impressions/s at {args.bench_iterations} iterations each"
+        )
         rate = result["samples_per_s"]
         per_iter = f"{rate * args.bench_iterations:,.0f}" if method != "dafl" else "—"
         rows.append([method, result["teacher"]["spec"]["arch"], what, f"{rate:,.1f}", per_iter, result["device"]])
@@ -227,6 +298,9 @@ def main() -> None:
     parser.add_argument("--bn-teacher-model", default="resnet20", help="teacher with BatchNorm for DeepInversion")
     parser.add_argument("--student", default="lenet5-half")
     parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument(
+        "--bn-teacher-epochs", type=int, default=0, help="epochs of the BN teacher (default: --teacher-epochs)"
+    )
     parser.add_argument("--teacher-lr", type=float, default=0.05)
     parser.add_argument("--kd-epochs", type=int, default=20)
     parser.add_argument("--kd-extra", default="--lr 0.01", help="extra flags for the kd (with data) runs")

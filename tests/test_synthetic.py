@@ -22,8 +22,13 @@ def test_uint8_set_round_trips_through_shards(tmp_path):
     data = _set(25)
     write_set(tmp_path / "s", data, {"method": "zskd"}, num_classes=5, shard_size=10)
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert files == ["samples.png", "shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors",
-                     "synthetic.json"]
+    assert files == [
+        "samples.png",
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+        "shard-00002.safetensors",
+        "synthetic.json",
+    ]
     loaded, info = read_set(tmp_path / "s")
     assert torch.equal(loaded.images, data.images) and loaded.images.dtype == torch.uint8
     assert torch.equal(loaded.soft_targets, data.soft_targets) and torch.equal(loaded.classes, data.classes)

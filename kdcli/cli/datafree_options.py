@@ -9,21 +9,34 @@ import typer
 
 from kdcli.errors import KDError
 
-Method = Annotated[Optional[str], typer.Option("--method", help="dafl | zskt | zskd | lopes | deepinversion (| noise).")]
-Student = Annotated[Optional[str], typer.Option("--student", "--model", "-m", help="Student model (default lenet5-half).")]
+Method = Annotated[
+    Optional[str], typer.Option("--method", help="dafl | zskt | zskd | lopes | deepinversion (| noise).")
+]
+Student = Annotated[
+    Optional[str], typer.Option("--student", "--model", "-m", help="Student model (default lenet5-half).")
+]
 Preset = Annotated[str, typer.Option("--preset", help="quick (minutes on a CPU) | paper (the paper's protocol).")]
 Count = Annotated[Optional[int], typer.Option("-n", "--n", help="Transfer-set size (images to synthesise).")]
-Objective = Annotated[Optional[str], typer.Option(
-    "--objective", help="lopes: top_layer | all_layers | spectral_all_layers | spectral_layer_pairs.")]
+Objective = Annotated[
+    Optional[str],
+    typer.Option("--objective", help="lopes: top_layer | all_layers | spectral_all_layers | spectral_layer_pairs."),
+]
 Synthetic = Annotated[Optional[str], typer.Option("--synthetic", help="Distil from this `kd synthesize` folder.")]
-Iterations = Annotated[Optional[int], typer.Option(
-    "--iterations", help="Optimisation steps per impression (zskd, lopes, deepinversion) or steps per epoch (dafl, zskt, noise).")]
+Iterations = Annotated[
+    Optional[int],
+    typer.Option(
+        "--iterations",
+        help="Optimisation steps per impression (zskd, lopes, deepinversion) or steps per epoch (dafl, zskt, noise).",
+    ),
+]
 LrInput = Annotated[Optional[float], typer.Option("--lr-input", help="Adam learning rate on synthesised inputs.")]
 LrGenerator = Annotated[Optional[float], typer.Option("--lr-generator", help="Generator learning rate (dafl, zskt).")]
 LatentDim = Annotated[Optional[int], typer.Option("--latent-dim", help="Generator latent size (dafl, zskt).")]
 Beta = Annotated[Optional[float], typer.Option("--beta", help="zskt: attention-transfer weight β (250).")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", "-T", help="Distillation temperature T.")]
-SynthBatch = Annotated[Optional[int], typer.Option("--synth-batch", help="Impressions optimised at once on the device.")]
+SynthBatch = Annotated[
+    Optional[int], typer.Option("--synth-batch", help="Impressions optimised at once on the device.")
+]
 
 DEFAULT_STUDENT = "lenet5-half"
 
@@ -33,8 +46,16 @@ def method_knobs(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def resolve(command: str, method: str | None, teacher: str | None, preset: str, config_file: Path | None,
-            flags: dict[str, Any], knobs: dict[str, Any], allowed: tuple[str, ...]):
+def resolve(
+    command: str,
+    method: str | None,
+    teacher: str | None,
+    preset: str,
+    config_file: Path | None,
+    flags: dict[str, Any],
+    knobs: dict[str, Any],
+    allowed: tuple[str, ...],
+):
     """defaults < the method's preset for the teacher's dataset < ``--config`` TOML < flags.
 
     Unlike the supervised commands, no learning-rate heuristic is applied: the presets carry the

@@ -42,11 +42,16 @@ def evaluate(
     if json:
         print_json(rows if churn_rows is None else {"models": rows, "churn": churn_rows})
         return
+    datasets = sorted({r["dataset"] for r in rows})
+    one_dataset = len(datasets) == 1  # then the dataset goes in the title, keeping the table narrow
+    columns = ["run", "role", "model", *([] if one_dataset else ["dataset"]), "top-1 %", "top-5 %", "params", "size",
+               "CPU ms/img", "agree w/ teacher %"]
     print_table(
-        "kd evaluate",
-        ["run", "role", "model", "dataset", "top-1 %", "top-5 %", "params", "size", "CPU ms/img", "agree w/ teacher %"],
-        [[r["run"], r["role"], r["model"], r["dataset"], r["top1"] * 100, r["top5"] * 100, r["params"],
-          _size(r["size_bytes"]), r["cpu_latency_ms"], None if r["agreement"] is None else r["agreement"] * 100]
+        f"kd evaluate · {datasets[0]} test split" if one_dataset else "kd evaluate · test splits",
+        columns,
+        [[r["run"], r["role"], r["model"], *([] if one_dataset else [r["dataset"]]), r["top1"] * 100, r["top5"] * 100,
+          r["params"], _size(r["size_bytes"]), r["cpu_latency_ms"],
+          None if r["agreement"] is None else r["agreement"] * 100]
          for r in rows],
     )
     if churn_rows is not None:

@@ -8,7 +8,10 @@ from kdcli.cli.common import handle_errors
 
 @handle_errors
 def record_metadata(
-    teacher: o.Teacher = None, device: o.Device = None, data_dir: o.DataDir = None, json: o.Json = False,
+    teacher: o.Teacher = None,
+    device: o.Device = None,
+    data_dir: o.DataDir = None,
+    json: o.Json = False,
 ) -> None:
     """Read the teacher's training split once (eval mode) and store per-class activation statistics
     (every block group and the logits, plus graph-spectral summaries) as RUN/metadata.safetensors.
@@ -25,5 +28,8 @@ def record_metadata(
     if json:
         print_json(listing)
         return
-    print_table(f"kd record-metadata · {teacher}", ["file", "bytes", "units per layer", "train samples"],
-                [[listing["file"], listing["bytes"], "-".join(map(str, listing["layers"])), listing["train_samples"]]])
+    print_table(
+        f"kd record-metadata · {teacher}",
+        ["file", "bytes", "units per layer", "train samples"],
+        [[listing["file"], listing["bytes"], "-".join(map(str, listing["layers"])), listing["train_samples"]]],
+    )

@@ -82,6 +82,11 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = False
     manual_optimization: ClassVar[bool] = False
     primary: ClassVar[str] = "student"  # the role `--teacher RUN` and `kd evaluate` pick by default
+    # Under torchrun (kdcli/distributed.py): True = the same models on every rank, gradients averaged.
+    # A method whose ranks hold different models (codistillation) sets False, gathers its state on
+    # rank 0 in ``consolidate()`` and may define a classmethod ``data_shard(params, config, world)``
+    # that says which slice of the data each rank reads.
+    data_parallel: ClassVar[bool] = True
 
     def __init__(self, ctx: MethodContext, params: Any) -> None:
         super().__init__()

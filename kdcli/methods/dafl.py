@@ -1,4 +1,5 @@
-"""Chen, Wang, Xu, Yang, Liu, Shi, Xu, Xu, Tian (2019), "DAFL: Data-Free Learning of Student Networks" (ICCV; arXiv:1904.01186).
+"""Chen, Wang, Xu, Yang, Liu, Shi, Xu, Xu, Tian (2019), "DAFL: Data-Free Learning of Student Networks"
+(ICCV; arXiv:1904.01186).
 
 The teacher acts as a fixed discriminator for a generator ``G``. Per step, with ``x = G(z)``::
 
@@ -49,28 +50,72 @@ class DAFLParams:
 
 
 class DAFL(GeneratorDistill):
-    """Generator trained against the fixed teacher (one-hot, activation, information entropy); student by KD on its samples."""
+    """Generator trained against the fixed teacher (one-hot, activation, information entropy);
+    the student learns by KD on its samples."""
 
     name = "dafl"
     Params = DAFLParams
     PRESETS: ClassVar[dict[str, Any]] = {
         "quick": {  # the generator dominates the cost: ~1 s per batch of 64 MNIST images on one CPU core
-            "*": {"epochs": 20, "batch_size": 256, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                  "schedule": "constant", "method": {"iterations": 50}},
-            "mnist": {"epochs": 20, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                      "schedule": "constant", "method": {"iterations": 20}},
+            "*": {
+                "epochs": 20,
+                "batch_size": 256,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "method": {"iterations": 50},
+            },
+            "mnist": {
+                "epochs": 20,
+                "batch_size": 64,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "method": {"iterations": 20},
+            },
         },
         "paper": {
-            "*": {"epochs": 200, "batch_size": 512, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                  "schedule": "constant", "method": {"iterations": 120}},
-            "cifar10": {"epochs": 2000, "batch_size": 1024, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-                        "weight_decay": 5e-4, "schedule": "step", "milestones": [800, 1600], "gamma": 0.1,
-                        "method": {"latent_dim": 1000, "lr_generator": 0.02, "alpha_oh": 0.05, "alpha_a": 0.01,
-                                   "alpha_ie": 5.0}},
-            "cifar100": {"epochs": 2000, "batch_size": 1024, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-                         "weight_decay": 5e-4, "schedule": "step", "milestones": [800, 1600], "gamma": 0.1,
-                         "method": {"latent_dim": 1000, "lr_generator": 0.02, "alpha_oh": 0.5, "alpha_a": 0.1,
-                                    "alpha_ie": 20.0}},
+            "*": {
+                "epochs": 200,
+                "batch_size": 512,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "method": {"iterations": 120},
+            },
+            "cifar10": {
+                "epochs": 2000,
+                "batch_size": 1024,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "step",
+                "milestones": [800, 1600],
+                "gamma": 0.1,
+                "method": {
+                    "latent_dim": 1000,
+                    "lr_generator": 0.02,
+                    "alpha_oh": 0.05,
+                    "alpha_a": 0.01,
+                    "alpha_ie": 5.0,
+                },
+            },
+            "cifar100": {
+                "epochs": 2000,
+                "batch_size": 1024,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "step",
+                "milestones": [800, 1600],
+                "gamma": 0.1,
+                "method": {"latent_dim": 1000, "lr_generator": 0.02, "alpha_oh": 0.5, "alpha_a": 0.1, "alpha_ie": 20.0},
+            },
         },
     }
 
@@ -78,8 +123,9 @@ class DAFL(GeneratorDistill):
         super().__init__(ctx, params)
         info = ctx.info
         self.student = student_for(ctx)
-        self.generator = create_generator("generator-dafl", info.channels, info.image_size, info.num_classes,
-                                          params.latent_dim)
+        self.generator = create_generator(
+            "generator-dafl", info.channels, info.image_size, info.num_classes, params.latent_dim
+        )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         generator_opt = torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_generator)
@@ -101,6 +147,12 @@ class DAFL(GeneratorDistill):
         generator_opt.step()
         student_opt.step()
         agree = (student_logits.detach().argmax(1) == teacher_logits.detach().argmax(1)).float().mean()
-        return {"loss": g["loss"].detach() + kd.detach(), "generator": g["loss"].detach(), "onehot": g["onehot"].detach(),
-                "activation": g["activation"].detach(), "entropy": g["entropy"].detach(), "kd": kd.detach(),
-                "agree": agree}
+        return {
+            "loss": g["loss"].detach() + kd.detach(),
+            "generator": g["loss"].detach(),
+            "onehot": g["onehot"].detach(),
+            "activation": g["activation"].detach(),
+            "entropy": g["entropy"].detach(),
+            "kd": kd.detach(),
+            "agree": agree,
+        }

@@ -17,17 +17,37 @@ DATAFREE = ("dafl", "zskt", "zskd", "lopes", "deepinversion", "noise")
 SYNTHESIZERS = ("zskd", "lopes", "deepinversion", "dafl", "zskt")
 PRESETS = ("quick", "paper")
 
-METHODS.add("dafl", DAFL, help="Chen et al. 2019: generator vs fixed teacher (one-hot, activation, entropy)",
-            command="distill-datafree")
-METHODS.add("zskt", ZSKT, help="Micaelli & Storkey 2019: adversarial generator, KL + attention transfer",
-            command="distill-datafree")
+METHODS.add(
+    "dafl",
+    DAFL,
+    help="Chen et al. 2019: generator vs fixed teacher (one-hot, activation, entropy)",
+    command="distill-datafree",
+)
+METHODS.add(
+    "zskt",
+    ZSKT,
+    help="Micaelli & Storkey 2019: adversarial generator, KL + attention transfer",
+    command="distill-datafree",
+)
 METHODS.add("zskd", ZSKD, help="Nayak et al. 2019: Dirichlet data impressions at T=20", command="distill-datafree")
-METHODS.add("lopes", Lopes, help="Lopes et al. 2017: reconstructions from recorded activation statistics",
-            command="distill-datafree")
-METHODS.add("deepinversion", DeepInversion, help="Yin et al. 2020: BatchNorm-statistics inversion + TV/L2 priors",
-            command="distill-datafree")
-METHODS.add("noise", NoiseDistill, help="baseline: KD on Gaussian noise inputs (what every data-free method must beat)",
-            command="distill-datafree")
+METHODS.add(
+    "lopes",
+    Lopes,
+    help="Lopes et al. 2017: reconstructions from recorded activation statistics",
+    command="distill-datafree",
+)
+METHODS.add(
+    "deepinversion",
+    DeepInversion,
+    help="Yin et al. 2020: BatchNorm-statistics inversion + TV/L2 priors",
+    command="distill-datafree",
+)
+METHODS.add(
+    "noise",
+    NoiseDistill,
+    help="baseline: KD on Gaussian noise inputs (what every data-free method must beat)",
+    command="distill-datafree",
+)
 
 
 def preset_values(method: str, preset: str, dataset: str) -> dict[str, Any]:

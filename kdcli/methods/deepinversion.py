@@ -94,16 +94,40 @@ class DeepInversion(TransferSetDistill):
     Params = DeepInversionParams
     PRESETS: ClassVar[dict[str, Any]] = {
         "quick": {
-            "*": {"epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                  "method": {"n": 2048, "iterations": 200, "lr_input": 0.1}},
-            "mnist": {"epochs": 60, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                      "method": {"n": 1024, "iterations": 100, "lr_input": 0.1}},
+            "*": {
+                "epochs": 30,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 2048, "iterations": 200, "lr_input": 0.1},
+            },
+            "mnist": {
+                "epochs": 60,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 1024, "iterations": 100, "lr_input": 0.1},
+            },
         },
         "paper": {
-            "*": {"epochs": 200, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                  "method": {"n": 24064, "iterations": 2000, "lr_input": 0.05}},
-            "cifar10": {"epochs": 200, "batch_size": 256, "optimizer": "sgd", "lr": 0.1, "augment": "crop_flip",
-                        "method": {"n": 50176, "iterations": 2000, "lr_input": 0.05}},
+            "*": {
+                "epochs": 200,
+                "batch_size": 256,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 24064, "iterations": 2000, "lr_input": 0.05},
+            },
+            "cifar10": {
+                "epochs": 200,
+                "batch_size": 256,
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "augment": "crop_flip",
+                "method": {"n": 50176, "iterations": 2000, "lr_input": 0.05},
+            },
         },
     }
 
@@ -144,8 +168,12 @@ class DeepInversion(TransferSetDistill):
                         jittered = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
                         with autocast(device, dtype):
                             logits = teacher(jittered).float()
-                        loss = (F.cross_entropy(logits, targets) + params.bn_weight * hooks.take()
-                                + params.tv_weight * total_variation_l2(jittered) + params.l2_weight * input_l2(jittered))
+                        loss = (
+                            F.cross_entropy(logits, targets)
+                            + params.bn_weight * hooks.take()
+                            + params.tv_weight * total_variation_l2(jittered)
+                            + params.l2_weight * input_l2(jittered)
+                        )
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         # keep the lowest-loss iterate, compared on the device (no host sync per step)

@@ -1,4 +1,5 @@
-"""Lopes, Fenu, Starner (2017), "Data-Free Knowledge Distillation for Deep Neural Networks" (NIPS workshop; arXiv:1710.07535).
+"""Lopes, Fenu, Starner (2017), "Data-Free Knowledge Distillation for Deep Neural Networks"
+(NIPS workshop; arXiv:1710.07535).
 
 At teacher-training time per-class activation statistics are recorded (:mod:`kdcli.metadata`).
 Inputs are then reconstructed from noise: for an impression aimed at class ``c``, targets are drawn
@@ -61,14 +62,32 @@ class Lopes(TransferSetDistill):
     Params = LopesParams
     PRESETS: ClassVar[dict[str, Any]] = {
         "quick": {
-            "*": {"epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                  "method": {"n": 2000, "iterations": 200}},
-            "mnist": {"epochs": 40, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                      "method": {"n": 3000, "iterations": 200}},
+            "*": {
+                "epochs": 30,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 2000, "iterations": 200},
+            },
+            "mnist": {
+                "epochs": 40,
+                "batch_size": 256,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 3000, "iterations": 200},
+            },
         },
         "paper": {
-            "*": {"epochs": 200, "batch_size": 512, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                  "method": {"n": 24000, "iterations": 1000, "lr_input": 0.07}},
+            "*": {
+                "epochs": 200,
+                "batch_size": 512,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 24000, "iterations": 1000, "lr_input": 0.07},
+            },
         },
     }
 
@@ -94,7 +113,14 @@ class Lopes(TransferSetDistill):
             wanted = [t[rows] for t in targets]
             return activation_match_loss(blocks, wanted, [rectify] * len(blocks))
 
-        pixels = optimise_pixels(ctx, init, loss_fn, iterations=params.iterations, lr=params.lr_input,
-                                 chunk=params.synth_batch, project=lambda x: x.clamp(0, 1),
-                                 description=f"lopes {params.objective}")
+        pixels = optimise_pixels(
+            ctx,
+            init,
+            loss_fn,
+            iterations=params.iterations,
+            lr=params.lr_input,
+            chunk=params.synth_batch,
+            project=lambda x: x.clamp(0, 1),
+            description=f"lopes {params.objective}",
+        )
         return finish_set(ctx, pixels, classes)

@@ -99,7 +99,9 @@ def at_loss(student_groups: list[torch.Tensor], teacher_groups: list[torch.Tenso
     return total
 
 
-def zskt_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def zskt_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """ZSKT's ``KL(σ(t/T) ‖ σ(s/T))`` averaged over batch *and* classes (``F.kl_div``'s default
     ``mean``, as in the official code, so its β=250 keeps its meaning): ``kd_loss / (T²·K)``."""
     return kd_loss(student_logits, teacher_logits, temperature) / (temperature * temperature * student_logits.shape[1])
@@ -118,7 +120,8 @@ def bn_stat_loss(
 
 
 def total_variation_l2(images: torch.Tensor) -> torch.Tensor:
-    """DeepInversion's TV prior: the L2 norms of the horizontal, vertical and both diagonal pixel differences, summed."""
+    """DeepInversion's TV prior: the L2 norms of the horizontal, vertical and both diagonal pixel
+    differences, summed."""
     x = images.float()
     diffs = (
         x[:, :, :, :-1] - x[:, :, :, 1:],

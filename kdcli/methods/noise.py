@@ -40,10 +40,27 @@ class NoiseDistill(Method):
     needs_teacher: ClassVar[bool] = True
     primary: ClassVar[str] = "student"
     PRESETS: ClassVar[dict[str, Any]] = {
-        "quick": {"*": {"epochs": 20, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                        "method": {"iterations": 100}}},  # 2000 student steps: a generous baseline
-        "paper": {"*": {"epochs": 200, "batch_size": 512, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                        "schedule": "constant", "method": {"iterations": 120}}},
+        "quick": {
+            "*": {
+                "epochs": 20,
+                "batch_size": 256,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"iterations": 100},
+            }
+        },  # 2000 student steps: a generous baseline
+        "paper": {
+            "*": {
+                "epochs": 200,
+                "batch_size": 512,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "method": {"iterations": 120},
+            }
+        },
     }
 
     def __init__(self, ctx: MethodContext, params: NoiseParams) -> None:
@@ -55,8 +72,9 @@ class NoiseDistill(Method):
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         info = self.ctx.info
-        images = torch.randn(self.ctx.config.train.batch_size, info.channels, info.image_size, info.image_size,
-                             device=self.ctx.device)
+        images = torch.randn(
+            self.ctx.config.train.batch_size, info.channels, info.image_size, info.image_size, device=self.ctx.device
+        )
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         student_logits = self.student(images)

@@ -85,8 +85,11 @@ class TransferSetDistill(Method):
             torch.manual_seed(ctx.config.train.seed)
             with synthetic.Timer(ctx.device) as timer:
                 data = self.synthesize(ctx, params, params.n)
-            self.origin = {"method": self.name, "synthesis_s": round(timer.seconds, 3),
-                           "samples_per_s": round(len(data) / max(timer.seconds, 1e-9), 2)}
+            self.origin = {
+                "method": self.name,
+                "synthesis_s": round(timer.seconds, 3),
+                "samples_per_s": round(len(data) / max(timer.seconds, 1e-9), 2),
+            }
             self.made_here = True
         self.transfer = data
         # the set lives on the device as float16 pixels: uint8 sets convert exactly enough (< 1e-3)
@@ -112,16 +115,20 @@ class TransferSetDistill(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        order = torch.randperm(len(self.transfer), generator=seeded_generator(self.ctx.config.train.seed, epoch, "transfer"))
+        order = torch.randperm(
+            len(self.transfer), generator=seeded_generator(self.ctx.config.train.seed, epoch, "transfer")
+        )
         self._order = order.to(self.pixels.device)
 
     def next_batch(self, step: int) -> torch.Tensor:
         """Normalised images of this step's batch (position ``step`` in the epoch's order), augmented."""
         at = step % self.steps_per_epoch()
-        index = self._order[at * self.batch_size:(at + 1) * self.batch_size]
+        index = self._order[at * self.batch_size : (at + 1) * self.batch_size]
         pixels = self.pixels.index_select(0, index).float()
         if self.shift or self.flip:
-            pixels = shift_flip(pixels, self.shift, self.flip, seeded_generator(self.ctx.config.train.seed, step, "shift"))
+            pixels = shift_flip(
+                pixels, self.shift, self.flip, seeded_generator(self.ctx.config.train.seed, step, "shift")
+            )
         return synthetic.normalise(pixels, self.ctx.info.mean, self.ctx.info.std)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
@@ -139,16 +146,33 @@ class TransferSetDistill(Method):
     def write_artifacts(self, run_dir: Path) -> dict[str, Any]:
         """Keep the transfer set with the run (``synthetic/``) and its preview as ``samples.png``."""
         if not self.made_here:
-            synthetic.write_samples_png(run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes,
-                                        self.ctx.info.num_classes)
+            synthetic.write_samples_png(
+                run_dir / synthetic.SAMPLES_FILE,
+                self.transfer.pixels(),
+                self.transfer.classes,
+                self.ctx.info.num_classes,
+            )
             return {"synthetic": str(Path(self.params.synthetic).resolve()), "samples": synthetic.SAMPLES_FILE}
-        description = {"method": self.name, "params": vars(self.params), "dataset": self.ctx.info.to_dict(),
-                       "seed": self.ctx.config.train.seed, "device": str(self.ctx.device), **self.origin}
-        synthetic.write_set(run_dir / "synthetic", self.transfer, description, self.ctx.info.num_classes, self.default_dtype)
-        synthetic.write_samples_png(run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes,
-                                    self.ctx.info.num_classes)
-        return {"synthetic": "synthetic", "samples": synthetic.SAMPLES_FILE,
-                "synthesis_s": self.origin["synthesis_s"], "samples_per_s": self.origin["samples_per_s"]}
+        description = {
+            "method": self.name,
+            "params": vars(self.params),
+            "dataset": self.ctx.info.to_dict(),
+            "seed": self.ctx.config.train.seed,
+            "device": str(self.ctx.device),
+            **self.origin,
+        }
+        synthetic.write_set(
+            run_dir / "synthetic", self.transfer, description, self.ctx.info.num_classes, self.default_dtype
+        )
+        synthetic.write_samples_png(
+            run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes, self.ctx.info.num_classes
+        )
+        return {
+            "synthetic": "synthetic",
+            "samples": synthetic.SAMPLES_FILE,
+            "synthesis_s": self.origin["synthesis_s"],
+            "samples_per_s": self.origin["samples_per_s"],
+        }
 
 
 def optimise_pixels(
@@ -229,6 +253,7 @@ class GeneratorDistill(Method):
         from kdcli.engine import autocast, resolve_precision
 
         dtype = resolve_precision(self.ctx.config.train.precision, self.ctx.device)
+        buffers = {k: v.clone() for k, v in self.generator.named_buffers()}  # BN running stats: left as trained
         self.generator.train()
         pixels, targets = [], []
         batch = self.ctx.config.train.batch_size
@@ -240,6 +265,8 @@ class GeneratorDistill(Method):
                 pixels.append(synthetic.to_pixels(images, self.ctx.info.mean, self.ctx.info.std).cpu())
                 targets.append(torch.softmax(logits, 1).cpu())
                 advance(images.shape[0])
+        for name, value in self.generator.named_buffers():
+            value.copy_(buffers[name])
         soft = torch.cat(targets)
         return SyntheticSet(torch.cat(pixels), soft, soft.argmax(1))
 
@@ -255,6 +282,7 @@ class GeneratorDistill(Method):
         files = self.save_generator(run_dir)
         rows = self.ctx.info.num_classes * synthetic.SAMPLES_PER_CLASS * 4
         preview = self.sample_set(min(max(rows, self.ctx.config.train.batch_size), 4096))
-        synthetic.write_samples_png(run_dir / synthetic.SAMPLES_FILE, preview.pixels(), preview.classes,
-                                    self.ctx.info.num_classes)
+        synthetic.write_samples_png(
+            run_dir / synthetic.SAMPLES_FILE, preview.pixels(), preview.classes, self.ctx.info.num_classes
+        )
         return {**files, "samples": synthetic.SAMPLES_FILE}

@@ -1,4 +1,5 @@
-"""Nayak, Mopuri, Shaj, Babu, Chakraborty (2019), "Zero-Shot Knowledge Distillation in Deep Networks" (ICML; arXiv:1905.08114).
+"""Nayak, Mopuri, Shaj, Babu, Chakraborty (2019), "Zero-Shot Knowledge Distillation in Deep Networks"
+(ICML; arXiv:1905.08114).
 
 Data impressions: the class similarity ``C`` is the cosine similarity of the teacher's final-layer
 weight vectors, min-max normalised per class. For an impression aimed at class ``c`` a soft target
@@ -7,9 +8,13 @@ starting from uniform noise is optimised with Adam to minimise ``CE(y, σ(t(x)/2
 then distilled on the impressions at T = 20.
 
 Here every impression of a chunk is optimised at once on the device (the loss is a sum of
-per-impression terms, so batching does not couple them). After each step an impression is rescaled
-to [0, 1] (the official code min-max rescales its batch every step; per impression here). The
-official code's second per-row normalisation cancels β = 0.1; we apply β as the paper states.
+per-impression terms, so batching does not couple them). After each step the pixels are clipped to
+[0, 1]. The official code instead min-max rescales its whole batch into [0, 1] every step (one
+affine map shared by the batch); clipping is the per-impression way to stay in range without
+coupling impressions. Rescaling each impression to span [0, 1] was tried and is worse (MNIST,
+1000 impressions × 200 steps, same student budget: 35.4 % against 51.6 % with clipping), because
+it forces every impression to use the full grey range. The official code's second per-row
+normalisation cancels β = 0.1; we apply β as the paper states.
 """
 
 from __future__ import annotations
@@ -48,12 +53,6 @@ class ZSKDParams:
     synth_batch: int = 2000
 
 
-def minmax_per_image(pixels: torch.Tensor) -> torch.Tensor:
-    flat = pixels.flatten(1)
-    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp_min(1e-8)).view_as(pixels)
-
-
 class ZSKD(TransferSetDistill):
     """Data impressions from Dirichlet-sampled soft targets, then KD at T = 20. Parts: ``loss``, ``agree``."""
 
@@ -61,16 +60,41 @@ class ZSKD(TransferSetDistill):
     Params = ZSKDParams
     PRESETS: ClassVar[dict[str, Any]] = {
         "quick": {
-            "*": {"epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                  "method": {"n": 2000, "iterations": 200, "lr_input": 0.05}},
-            "mnist": {"epochs": 40, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                      "method": {"n": 3000, "iterations": 200, "lr_input": 0.01}},
+            "*": {
+                "epochs": 30,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 2000, "iterations": 200, "lr_input": 0.05},
+            },
+            "mnist": {
+                "epochs": 40,
+                "batch_size": 256,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 3000, "iterations": 200, "lr_input": 0.01},
+            },
         },
         "paper": {
-            "*": {"epochs": 200, "batch_size": 512, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                  "method": {"n": 24000, "iterations": 1500, "lr_input": 0.001}},
-            "cifar10": {"epochs": 200, "batch_size": 512, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                        "augment": "crop_flip", "method": {"n": 40000, "iterations": 1500, "lr_input": 0.001}},
+            "*": {
+                "epochs": 200,
+                "batch_size": 512,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 24000, "iterations": 1500, "lr_input": 0.001},
+            },
+            "cifar10": {
+                "epochs": 200,
+                "batch_size": 512,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "augment": "crop_flip",
+                "method": {"n": 40000, "iterations": 1500, "lr_input": 0.001},
+            },
         },
     }
 
@@ -80,7 +104,9 @@ class ZSKD(TransferSetDistill):
         similarity = class_similarity(ctx.teacher.classifier.weight.detach())
         classes = class_order(n, info.num_classes)
         # β alternates per round over the classes, so each class gets both scales in equal shares
-        betas = torch.tensor(params.betas, dtype=torch.float64)[(torch.arange(n) // info.num_classes) % len(params.betas)]
+        betas = torch.tensor(params.betas, dtype=torch.float64)[
+            (torch.arange(n) // info.num_classes) % len(params.betas)
+        ]
         targets = sample_dirichlet_targets(similarity, classes, betas).to(ctx.device)
         init = torch.rand(n, info.channels, info.image_size, info.image_size)
         temperature = params.temperature
@@ -89,6 +115,14 @@ class ZSKD(TransferSetDistill):
             logits = ctx.teacher(images).float() / temperature
             return -(targets[rows] * torch.log_softmax(logits, dim=1)).sum(dim=1)
 
-        pixels = optimise_pixels(ctx, init, loss_fn, iterations=params.iterations, lr=params.lr_input,
-                                 chunk=params.synth_batch, project=minmax_per_image, description="zskd impressions")
+        pixels = optimise_pixels(
+            ctx,
+            init,
+            loss_fn,
+            iterations=params.iterations,
+            lr=params.lr_input,
+            chunk=params.synth_batch,
+            project=lambda x: x.clamp(0, 1),
+            description="zskd impressions",
+        )
         return finish_set(ctx, pixels, classes)

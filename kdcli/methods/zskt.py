@@ -1,4 +1,5 @@
-"""Micaelli & Storkey (2019), "Zero-shot Knowledge Transfer via Adversarial Belief Matching" (NeurIPS; arXiv:1905.09768).
+"""Micaelli & Storkey (2019), "Zero-shot Knowledge Transfer via Adversarial Belief Matching"
+(NeurIPS; arXiv:1905.09768).
 
 An adversarial game on generated pseudo-batches ``x = G(z)``. For each pseudo-batch:
 
@@ -58,14 +59,35 @@ class ZSKT(GeneratorDistill):
     Params = ZSKTParams
     PRESETS: ClassVar[dict[str, Any]] = {
         "quick": {
-            "*": {"epochs": 20, "batch_size": 128, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                  "schedule": "cosine", "method": {"iterations": 25, "student_steps": 5}},
-            "mnist": {"epochs": 20, "batch_size": 64, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                      "schedule": "cosine", "method": {"iterations": 10, "student_steps": 5}},
+            "*": {
+                "epochs": 20,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "method": {"iterations": 25, "student_steps": 5},
+            },
+            "mnist": {
+                "epochs": 20,
+                "batch_size": 64,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "method": {"iterations": 10, "student_steps": 5},
+            },
         },
         "paper": {
-            "*": {"epochs": 80, "batch_size": 128, "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,
-                  "schedule": "cosine", "method": {"iterations": 1000}},
+            "*": {
+                "epochs": 80,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "method": {"iterations": 1000},
+            },
         },
     }
 
@@ -73,12 +95,15 @@ class ZSKT(GeneratorDistill):
         super().__init__(ctx, params)
         info = ctx.info
         self.student = student_for(ctx)
-        self.generator = create_generator("generator-zskt", info.channels, info.image_size, info.num_classes,
-                                          params.latent_dim)
+        self.generator = create_generator(
+            "generator-zskt", info.channels, info.image_size, info.num_classes, params.latent_dim
+        )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_generator),
-                build_optimizer(self.ctx.config.optim, list(self.student.parameters()))]
+        return [
+            torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_generator),
+            build_optimizer(self.ctx.config.optim, list(self.student.parameters())),
+        ]
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         generator_opt, student_opt = self.optimizers
@@ -104,5 +129,10 @@ class ZSKT(GeneratorDistill):
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), p.grad_clip)
             student_opt.step()
         agree = (student_logits.detach().argmax(1) == teacher_logits.argmax(1)).float().mean()
-        return {"loss": loss.detach(), "generator": -divergence.detach(), "kl": kl.detach(),
-                "at": attention.detach(), "agree": agree}
+        return {
+            "loss": loss.detach(),
+            "generator": -divergence.detach(),
+            "kl": kl.detach(),
+            "at": attention.detach(),
+            "agree": agree,
+        }

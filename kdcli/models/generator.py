@@ -1,4 +1,5 @@
-"""Image generators of the data-free methods: DAFL's (Chen et al., ICCV 2019) and ZSKT's (Micaelli & Storkey, NeurIPS 2019).
+"""Image generators of the data-free methods: DAFL's (Chen et al., ICCV 2019) and ZSKT's (Micaelli & Storkey,
+NeurIPS 2019).
 
 A generator is not a classifier, so it lives in its own registry, ``GENERATORS``, rather than in
 ``MODELS`` (whose every entry is a :class:`StagedNet` that ``kd evaluate`` scores and the model
@@ -63,10 +64,16 @@ class Generator(nn.Module):
 
 GeneratorBuilder = Callable[..., Generator]
 GENERATORS: Registry[GeneratorBuilder] = Registry("generator")
-GENERATORS.add("generator-dafl", lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=True),
-               help="DAFL (Chen et al. 2019): DCGAN body, tanh + BN(affine=False) head")
-GENERATORS.add("generator-zskt", lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=False),
-               help="ZSKT (Micaelli & Storkey 2019): DCGAN body, BN(affine=False) head")
+GENERATORS.add(
+    "generator-dafl",
+    lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=True),
+    help="DAFL (Chen et al. 2019): DCGAN body, tanh + BN(affine=False) head",
+)
+GENERATORS.add(
+    "generator-zskt",
+    lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=False),
+    help="ZSKT (Micaelli & Storkey 2019): DCGAN body, BN(affine=False) head",
+)
 
 
 def create_generator(name: str, channels: int, image_size: int, num_classes: int, latent_dim: int = 100) -> Generator:
@@ -89,7 +96,9 @@ def load_generator(path: Path, device: torch.device | str = "cpu") -> tuple[Gene
     spec = json.loads(metadata["spec"])
     if spec["arch"] not in GENERATORS:
         raise KDError(f"{path} holds a {spec['arch']!r}, not a generator")
-    generator = create_generator(spec["arch"], spec["in_channels"], spec["image_size"], spec["num_classes"], **spec["kwargs"])
+    generator = create_generator(
+        spec["arch"], spec["in_channels"], spec["image_size"], spec["num_classes"], **spec["kwargs"]
+    )
     try:
         generator.load_state_dict(tensors)
     except RuntimeError as err:

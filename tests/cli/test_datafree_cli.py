@@ -41,8 +41,22 @@ def test_help_lists_the_datafree_commands():
 
 
 def test_synthesize_then_distill_from_the_set(teacher, tmp_path):
-    made = kd("synthesize", "--teacher", str(teacher), "--method", "zskd", "-n", "40", "--iterations", "5",
-              "--device", "cpu", "--out", "set", "--json")
+    made = kd(
+        "synthesize",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "zskd",
+        "-n",
+        "40",
+        "--iterations",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        "set",
+        "--json",
+    )
     assert made.exit_code == 0, made.output
     result = json.loads(made.output)
     assert result["count"] == 40 and result["params"]["n"] == 40 and result["samples_per_s"] > 0
@@ -50,21 +64,56 @@ def test_synthesize_then_distill_from_the_set(teacher, tmp_path):
     assert info["method"] == "zskd" and info["teacher"]["run"] == str(teacher.resolve())
     picture = Image.open(tmp_path / "set" / "samples.png")
     assert picture.size == ((8 * 9 + 1) * 8, (10 * 9 + 1) * 8)  # 10 class rows × 8 digits of 8×8 px, ×8
-    student = kd("distill-datafree", "--teacher", str(teacher), "--method", "zskd", "--synthetic", "set",
-                 "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--out", "s", "--json")
+    student = kd(
+        "distill-datafree",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "zskd",
+        "--synthetic",
+        "set",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        "s",
+        "--json",
+    )
     assert student.exit_code == 0, student.output
     run = json.loads(student.output)
     assert run["config"]["method_params"]["synthetic"] == "set"
     assert run["artifacts"]["synthetic"] == str((tmp_path / "set").resolve())
     assert len(run["history"]) == 2 and run["history"][0]["epoch"] == 1
-    again = kd("synthesize", "--teacher", str(teacher), "--method", "zskd", "-n", "8", "--device", "cpu",
-               "--out", "set")
+    again = kd(
+        "synthesize", "--teacher", str(teacher), "--method", "zskd", "-n", "8", "--device", "cpu", "--out", "set"
+    )
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_synthesize_with_a_generator_saves_it(teacher, tmp_path):
-    made = kd("synthesize", "--teacher", str(teacher), "--method", "dafl", "-n", "30", "--epochs", "1",
-              "--iterations", "2", "--batch-size", "16", "--device", "cpu", "--out", "g", "--json")
+    made = kd(
+        "synthesize",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "dafl",
+        "-n",
+        "30",
+        "--epochs",
+        "1",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        "g",
+        "--json",
+    )
     assert made.exit_code == 0, made.output
     info = json.loads((tmp_path / "g" / "synthetic.json").read_text())
     assert info["files"] == {"generator": "generator.safetensors"} and info["dtype"] == "float16"
@@ -82,13 +131,43 @@ def test_record_metadata_then_lopes(teacher, tmp_path):
     assert recorded.exit_code == 0, recorded.output
     assert json.loads(recorded.output)["layers"][-1] == 10
     assert "metadata" in json.loads((teacher / "run.json").read_text())
-    run = kd("distill-datafree", "--teacher", str(teacher), "--method", "lopes", "--objective",
-             "spectral_layer_pairs", "-n", "32", "--iterations", "3", "--epochs", "1", "--batch-size", "16",
-             "--device", "cpu", "--out", "l", "--json")
+    run = kd(
+        "distill-datafree",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "lopes",
+        "--objective",
+        "spectral_layer_pairs",
+        "-n",
+        "32",
+        "--iterations",
+        "3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        "l",
+        "--json",
+    )
     assert run.exit_code == 0, run.output
     assert json.loads(run.output)["params"]["objective"] == "spectral_layer_pairs"
-    bad = kd("distill-datafree", "--teacher", str(teacher), "--method", "lopes", "--objective", "top_layers",
-             "--device", "cpu", "--out", "y")
+    bad = kd(
+        "distill-datafree",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "lopes",
+        "--objective",
+        "top_layers",
+        "--device",
+        "cpu",
+        "--out",
+        "y",
+    )
     _assert_clean_error(bad, "Did you mean top_layer", tmp_path, "y")
 
 
@@ -110,11 +189,41 @@ def test_training_split_is_never_read(teacher, tmp_path, monkeypatch):
         return original(self, split)
 
     monkeypatch.setattr(Dataset, "load", guarded)
-    made = kd("synthesize", "--teacher", str(teacher), "--method", "zskt", "-n", "16", "--epochs", "1",
-              "--iterations", "1", "--batch-size", "16", "--device", "cpu", "--out", "z")
+    made = kd(
+        "synthesize",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "zskt",
+        "-n",
+        "16",
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        "z",
+    )
     assert made.exit_code == 0, made.output
-    run = kd("distill-datafree", "--teacher", str(teacher), "--method", "noise", "--epochs", "1", "--iterations", "2",
-             "--device", "cpu", "--out", "n")
+    run = kd(
+        "distill-datafree",
+        "--teacher",
+        str(teacher),
+        "--method",
+        "noise",
+        "--epochs",
+        "1",
+        "--iterations",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        "n",
+    )
     assert run.exit_code == 0, run.output
 
 
@@ -133,8 +242,10 @@ def test_training_split_is_never_read(teacher, tmp_path, monkeypatch):
         (["distill-datafree", "--teacher", "{t}", "--method", "dafl", "--objective", "top_layer"], "no parameter"),
         (["distill-datafree", "--teacher", "{t}", "--method", "zskd", "--synthetic", "nowhere"], "not found"),
         (["distill-datafree", "--teacher", "{t}", "--method", "zskd", "--preset", "fast"], "--preset"),
-        (["synthesize", "--teacher", "{t}", "--method", "zskd", "--dtype", "int4", "-n", "4", "--iterations", "1"],
-         "--dtype"),
+        (
+            ["synthesize", "--teacher", "{t}", "--method", "zskd", "--dtype", "int4", "-n", "4", "--iterations", "1"],
+            "--dtype",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(teacher, tmp_path, args, pattern):

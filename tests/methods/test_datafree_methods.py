@@ -75,8 +75,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("method", list(CASES))
-def test_short_run_beats_noise_baseline_and_chance(method, teacher_run, lopes_teacher, bn_teacher, noise_baseline,
-                                                   tmp_path):
+def test_short_run_beats_noise_baseline_and_chance(
+    method, teacher_run, lopes_teacher, bn_teacher, noise_baseline, tmp_path
+):
     teacher_name, batch_size, params = CASES[method]
     teacher = {"lenet5": lopes_teacher, "resnet20": bn_teacher}[teacher_name]
     result = train(datafree_config(teacher, method, tmp_path / "run", batch_size, **params), quiet=True)
@@ -115,8 +116,11 @@ def test_datafree_runs_never_load_the_training_split(teacher_run, monkeypatch, t
         return original(self, split)
 
     monkeypatch.setattr(Dataset, "load", guarded)
-    for method, params in (("noise", {"iterations": 1}), ("zskd", {"n": 64, "iterations": 2}),
-                           ("dafl", {"iterations": 1})):
+    for method, params in (
+        ("noise", {"iterations": 1}),
+        ("zskd", {"n": 64, "iterations": 2}),
+        ("dafl", {"iterations": 1}),
+    ):
         config = datafree_config(teacher_run, method, tmp_path / method, batch_size=32, **params)
         config.train.epochs = 1
         train(config, quiet=True)
