@@ -90,7 +90,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         for key, value in row.items():
             if not isinstance(value, (int, float)) or key in ("epoch", "time_s", "lr"):
                 continue
-            if key.startswith("val_top1/") or key in ("train_acc",) or key.endswith("_acc"):
+            if key.startswith("val_top1/") or "acc" in key or "agree" in key:  # rates in [0, 1], not losses
                 accs.setdefault(key.replace("val_top1/", "val ").replace("train_", "train "), []).append((x, value))
             elif key.startswith("train_"):
                 losses.setdefault(key.replace("train_", ""), []).append((x, value))
