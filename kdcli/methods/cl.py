@@ -6,19 +6,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.base import Batch, MethodContext, accuracy
 from kdcli.methods.losses import consensus_of_others, peer_kl, stacked_cross_entropy
 from kdcli.methods.online import (
-    BranchEnsemble,
     BranchRunner,
-    BranchView,
-    assemble_ensemble,
+    SharedTrunkMethod,
     build_branched,
     check_count,
-    export_branches,
     paper_preset,
 )
 from kdcli.models.branched import BranchedNet
@@ -44,7 +40,7 @@ class CLParams:
     ilr: bool = True
 
 
-class CL(Method):
+class CL(SharedTrunkMethod):
     """Head h: ``β·CE(y, z_h) + (1−β)·T²·KL(σ(ẑ_h/T) ‖ σ(z_h/T))``, summed over heads.
 
     ``ẑ_h`` is the mean of the *other* heads' logits, a constant (no gradient through the target).
@@ -86,20 +82,3 @@ class CL(Method):
         acc = torch.stack([accuracy(z, labels) for z in logits.detach()]).mean()
         return {"loss": loss, "hard": hard.detach().mean(), "soft": soft.detach().mean(), "acc": acc}
 
-    def _roles(self) -> list[str]:
-        return [f"branch{i}" for i in range(self.net.num_branches)]
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        rows: dict[str, nn.Module] = {role: BranchView(self.net, i) for i, role in enumerate(self._roles())}
-        rows["ensemble"] = BranchEnsemble(self.net, list(range(self.net.num_branches)))
-        return rows
-
-    def export_models(self) -> dict[str, nn.Module]:
-        return export_branches(self.net, self._roles())
-
-    @classmethod
-    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
-        return assemble_ensemble(models, "branch")
-
-    def graphable_models(self) -> dict[str, nn.Module]:
-        return {"branches": self.runner}

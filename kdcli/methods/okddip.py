@@ -10,16 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.base import Batch, MethodContext, accuracy
 from kdcli.methods.losses import attention_targets, peer_kl, stacked_cross_entropy
 from kdcli.methods.online import (
-    BranchEnsemble,
     BranchRunner,
-    BranchView,
-    assemble_ensemble,
+    SharedTrunkMethod,
     build_branched,
     check_count,
-    export_branches,
     paper_preset,
     ramp_at,
     resolve_ramp,
@@ -53,7 +50,7 @@ class OKDDipParams:
     detach_targets: bool = True
 
 
-class OKDDip(Method):
+class OKDDip(SharedTrunkMethod):
     """``Σ_i CE(z_i) + CE(z_L) + w(t)·[Σ_i T²·KL(σ(t_i/T) ‖ σ(z_i/T)) + T²·KL(σ(z̄/T) ‖ σ(z_L/T))]``.
 
     Auxiliary peer i's target ``t_i = Σ_j a_ij z_j``, ``a_i = softmax_j(q_i·k_j)`` with q, k
@@ -67,6 +64,7 @@ class OKDDip(Method):
     name = "okddip"
     Params = OKDDipParams
     primary = "leader"
+    role_prefix = "peer"
     presets: ClassVar[dict[str, Any]] = {
         # OKDDip: 300 epochs, batch 128, SGD Nesterov, lr 0.1 ÷10 at 150/225, wd 5e-4.
         "paper": paper_preset(300, 128, [150, 225], 5e-4, nesterov=True, ramp_epochs=80.0),
@@ -119,17 +117,5 @@ class OKDDip(Method):
     def _roles(self) -> list[str]:
         return [f"peer{i}" for i in range(self.params.peers)] + ["leader"]
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        rows: dict[str, nn.Module] = {role: BranchView(self.net, i) for i, role in enumerate(self._roles())}
-        rows["ensemble"] = BranchEnsemble(self.net, list(range(self.params.peers)))
-        return rows
-
-    def export_models(self) -> dict[str, nn.Module]:
-        return export_branches(self.net, self._roles())
-
-    @classmethod
-    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
-        return assemble_ensemble(models, "peer")
-
-    def graphable_models(self) -> dict[str, nn.Module]:
-        return {"branches": self.runner}
+    def ensemble_size(self) -> int:
+        return self.params.peers  # the auxiliary peers; the leader is its own row

@@ -8,13 +8,13 @@ peers' probabilities; for ONE, the gated network itself).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import MethodContext
+from kdcli.methods.base import Method, MethodContext
 from kdcli.methods.losses import mean_probability_logits, rampup_weight
 from kdcli.models import StagedNet, create_model
 from kdcli.models.branched import BranchedNet
@@ -180,3 +180,37 @@ def paper_preset(epochs: int, batch_size: int, milestones: list[int], weight_dec
     if method:
         preset["method"] = method
     return preset
+
+
+class SharedTrunkMethod(Method):
+    """Branches on one shared trunk (CL, OKDDip): the rows, exports and CUDA graph they share.
+
+    Subclasses set ``self.net`` (a :class:`BranchedNet`) and ``self.runner`` (its
+    :class:`BranchRunner`). Each branch is a row and is exported as a plain base-architecture model;
+    ``ensemble`` is the mean of the probabilities of the first ``ensemble_size()`` branches.
+    """
+
+    role_prefix: ClassVar[str] = "branch"
+    net: BranchedNet
+    runner: nn.Module
+
+    def _roles(self) -> list[str]:
+        return [f"{self.role_prefix}{i}" for i in range(self.net.num_branches)]
+
+    def ensemble_size(self) -> int:
+        return self.net.num_branches
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        rows: dict[str, nn.Module] = {role: BranchView(self.net, i) for i, role in enumerate(self._roles())}
+        rows["ensemble"] = BranchEnsemble(self.net, list(range(self.ensemble_size())))
+        return rows
+
+    def export_models(self) -> dict[str, nn.Module]:
+        return export_branches(self.net, self._roles())
+
+    @classmethod
+    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
+        return assemble_ensemble(models, cls.role_prefix)
+
+    def graphable_models(self) -> dict[str, nn.Module]:
+        return {"branches": self.runner}
