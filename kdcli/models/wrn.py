@@ -67,7 +67,12 @@ def wide_resnet(
     the CIFAR-10 pair of ZSKT (Micaelli & Storkey, NeurIPS 2019) and CMI (Fang et al., 2021).
     """
     if depth < 10 or (depth - 4) % 6 != 0:
-        raise KDError(f"wrn depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got wrn-{depth}-{widen}.")
+        hint = ""
+        if depth >= 11 and (depth - 2) % 9 == 0:  # e.g. OKDDip's WRN-20-8, a bottleneck network
+            hint = f" A bottleneck WRN of depth 9n+2 (OKDDip's WRN-20-8) is wrn-bottleneck-{depth}-{widen}."
+        raise KDError(
+            f"wrn depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got wrn-{depth}-{widen}.{hint}"
+        )
     if widen < 1:
         raise KDError(f"wrn widening factor must be >= 1, got wrn-{depth}-{widen}.")
     dropout = check_dropout(dropout)
