@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdcli.errors import KDError
+from kdcli.models import create_model
 
 FORMAT_VERSION = "1"
 STATE_FILE = "state.safetensors"
@@ -58,8 +59,6 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise KDError(f"{path} not found")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
@@ -92,8 +91,6 @@ def save_model(path: Path, model: nn.Module, role: str, dataset: dict[str, Any])
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its safetensors file alone. Returns ``(model in eval mode, info)``."""
-    from kdcli.models import create_model
-
     tensors, metadata = load_tensors(path)
     if metadata.get("kd_format") != FORMAT_VERSION or "spec" not in metadata:
         raise KDError(f"{path} is not a kd checkpoint (no kd metadata)")

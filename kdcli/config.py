@@ -1,18 +1,24 @@
 """Run configuration: dataclasses with defaults, a TOML file for defaults, command-line flags win.
 
-Resolution order for every field: dataclass default < command preset < ``--config`` TOML < flags.
-The resolved config is stored in ``run.json`` so a run can be resumed and re-read on its own.
+Resolution order for every field: dataclass default < the method's preset < ``--config`` TOML < flags,
+put together by :func:`kdcli.presets.resolve_config`. The resolved config is stored in ``run.json`` so a
+run can be resumed and re-read on its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdcli.errors import KDError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a declared dependency there)
+    import tomli as tomllib
 
 
 @dataclass
@@ -54,6 +60,7 @@ class RunConfig:
 
     command: str = "train-teacher"
     method: str = "supervised"
+    preset: str = "quick"
     model: str = "lenet5"
     models: list[str] = field(default_factory=list)
     teacher: str | None = None
@@ -62,6 +69,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method_params: dict[str, Any] = field(default_factory=dict)
+    #: values the resolution changed beyond the layers it applies, and why (the no-BatchNorm rule)
+    adjusted: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,7 +99,7 @@ def apply_overrides(config: RunConfig, values: dict[str, Any], source: str) -> N
     Keys that are no config field go to ``method_params`` when the section is ``method``; any other
     unknown key is an error naming the source, so a typo in a TOML file never passes silently.
     """
-    top = _field_names(RunConfig) - set(_SECTIONS) - {"method_params"}
+    top = _field_names(RunConfig) - set(_SECTIONS) - {"method_params", "adjusted"}
     for key, value in values.items():
         if value is None:
             continue

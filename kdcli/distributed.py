@@ -13,7 +13,8 @@ Two kinds of methods run under it:
   a step pre-hook, so a method that steps its own optimizers is covered without knowing it);
 * methods whose ranks hold different models (codistillation) set ``data_parallel = False`` and
   do their own collectives through the helpers here; before every checkpoint they make the full
-  state available on rank 0 through a ``consolidate()`` method.
+  state available on rank 0 in their ``consolidate()`` hook (the method contract,
+  :mod:`kdcli.methods.base`, declares both hooks and their data-parallel defaults).
 
 Every collective is bounded by ``KD_DIST_TIMEOUT`` seconds (default 120). When one fails, the
 surviving ranks agree through the rendezvous store on who is still alive and raise a one-line
@@ -30,16 +31,13 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from kdcli.errors import KDError
-
-if TYPE_CHECKING:  # importing kdcli.methods would load every method and model: too slow for a light helper
-    from kdcli.methods.base import World
 
 DEFAULT_TIMEOUT_S = 120.0
 JOIN_TIMEOUT_S = 300.0
@@ -51,6 +49,23 @@ class RankFailure(KDError):
     """A peer rank died, hung or lost the network: this rank gives up (exit code 3)."""
 
     exit_code = 3
+
+
+@dataclass
+class World:
+    """Where this process stands in a torch.distributed job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ class Shard:
     count: int = 1
 
 
-def data_parallel_shard(batch_size: int, world: "World") -> Shard:
+def data_parallel_shard(batch_size: int, world: World) -> Shard:
     """Global batch ``batch_size``; rank ``r`` of ``w`` takes the ``r``-th ``batch_size / w`` of it."""
     return Shard(batch_size, 1, world.rank, world.world_size)
 
@@ -100,9 +115,7 @@ def launched() -> bool:
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def world_from_env() -> "World":
-    from kdcli.methods.base import World
-
+def world_from_env() -> World:
     if not launched():
         return World()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -117,7 +130,7 @@ def backend_for(device: str) -> str:
     return "gloo"
 
 
-def init_from_env(device: str = "auto") -> "World":
+def init_from_env(device: str = "auto") -> World:
     """Join the torchrun job described by the environment; a single process gets ``World()``.
 
     Idempotent: a process group that already exists is reused.
@@ -145,7 +158,7 @@ def init_from_env(device: str = "auto") -> "World":
     return world
 
 
-def _join(world: "World") -> Any:
+def _join(world: World) -> Any:
     """Meet every rank at the rendezvous store before the collective timeout starts to count.
 
     Processes start seconds apart (imports, data loading), which must not trip a short
@@ -304,12 +317,6 @@ def module_state(module: nn.Module) -> list[torch.Tensor]:
     return [t for t in module.state_dict(keep_vars=False).values() if t.is_floating_point()]
 
 
-def _trained_tensors(method: nn.Module) -> list[torch.Tensor]:
-    """Floating state of a method without its frozen teacher (identical everywhere: it is loaded from a run)."""
-    state = method.trained_state() if hasattr(method, "trained_state") else method.state_dict()
-    return [t for t in state.values() if t.is_floating_point()]
-
-
 @torch.no_grad()
 def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0, group: Any = None) -> None:
     """Copy ``tensors`` in place from global rank ``src`` to every rank of ``group``."""
@@ -406,37 +413,16 @@ def reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the engine calls
+# SyncBatchNorm
 
 
-def prepare(method: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
-    """Before the first step: same weights everywhere, gradients averaged (data-parallel methods)."""
-    if not getattr(method, "data_parallel", True):
-        return
-    broadcast_tensors(_trained_tensors(method), src=0)
-    install_gradient_sync(optimizers)
+def sync_batchnorm_requested() -> bool:
+    """``KD_SYNC_BN=1``: BatchNorm of a data-parallel method normalises over the global batch."""
+    return os.environ.get(SYNC_BN_ENV, "") in ("1", "true", "yes")
 
 
-def synchronize(method: nn.Module, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """At an epoch end or before a checkpoint: agree on buffers and state, average the logged sums.
-
-    Data-parallel methods average their BatchNorm statistics (each rank saw its own slice);
-    methods that keep different models per rank gather them with ``consolidate()``, so that
-    rank 0 evaluates and saves the complete state.
-    """
-    if getattr(method, "data_parallel", True):
-        average_buffers(method)
-    consolidate = getattr(method, "consolidate", None)
-    if consolidate is not None:
-        consolidate()
-    return reduce_sums(sums)
-
-
-def maybe_sync_batchnorm(method: nn.Module, device: torch.device) -> bool:
-    """With ``KD_SYNC_BN=1``: BatchNorm of a data-parallel method normalises over the global batch."""
-    if os.environ.get(SYNC_BN_ENV, "") not in ("1", "true", "yes") or not getattr(method, "data_parallel", True):
-        return False
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> None:
+    """Turn every BatchNorm of ``module`` into SyncBatchNorm (CUDA only: torch's SyncBatchNorm needs it)."""
     if device.type != "cuda":
         raise KDError(f"{SYNC_BN_ENV}=1 needs CUDA: torch's SyncBatchNorm does not run on {device.type}")
-    nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    return True
+    nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -1,16 +1,15 @@
 """The one training loop every command uses.
 
-It owns the device, precision, CUDA graphs, the learning-rate schedule, evaluation, progress,
-metrics and checkpoints; it never names a method. Speed rules (DESIGN.md): data lives on the
-device as uint8 and is augmented there in batches; losses are summed on the device and read back
-only every ``log_every`` steps, so the GPU is never stalled by a host sync per step.
+It owns precision, CUDA graphs, the learning-rate schedule, evaluation, progress, metrics and
+checkpoints; it never names a method and only calls the hooks the method contract declares
+(:mod:`kdcli.methods.base`). Speed rules (DESIGN.md): data lives on the device as uint8 and is
+augmented there in batches; losses are summed on the device and read back only every ``log_every``
+steps, so the GPU is never stalled by a host sync per step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,65 +17,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from kdcli import checkpoint, distributed
+from kdcli import checkpoint, distributed, progress
 from kdcli.config import OptimConfig, RunConfig, TrainConfig
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader
+from kdcli.device import autocast, resolve_precision, rng_state, set_rng_state
 from kdcli.errors import Interrupted, KDError
 from kdcli.methods.base import Method
-
-console = Console(stderr=True, log_path=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Device and precision
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; naming an absent device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KDError("--device cuda asked for, but no CUDA GPU is visible to torch; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise KDError("--device mps asked for, but MPS is not available; use --device cpu")
-    return torch.device(name)
-
-
-def setup_device(device: torch.device) -> None:
-    if device.type == "cpu":
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        # ranks on one machine share its cores (torchrun sets LOCAL_WORLD_SIZE); oversubscribed
-        # OpenMP threads are ~100x slower, not a little. An explicit OMP_NUM_THREADS wins.
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else max(1, cpus // local_ranks))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. ``auto`` = bf16 on CUDA, fp32 elsewhere."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    # cache off: required for CUDA graph capture, and harmless otherwise
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,11 +47,11 @@ def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int, epochs: int) ->
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    """Every param group's learning rate = its initial rate × ``factor``."""
     for opt in optimizers:
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
-            if not group.get("fixed_lr", False):
-                group["lr"] = group["initial_lr"] * factor
+            group["lr"] = group["initial_lr"] * factor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +110,6 @@ class FitResult:
     val: dict[str, dict[str, float]]
     wall_time_s: float
     images_per_s: float
-    interrupted: bool = False
 
 
 @dataclass
@@ -208,19 +156,6 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _maybe_graph(method: Method, sample: torch.Tensor, cfg: TrainConfig, device: torch.device, dtype: Any) -> bool:
     """Capture each graphable model's forward+backward as a CUDA graph (small nets are launch-bound)."""
     if device.type != "cuda" or cfg.cuda_graphs == "off":
@@ -242,7 +177,7 @@ def _maybe_graph(method: Method, sample: torch.Tensor, cfg: TrainConfig, device:
     except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager execution
         if cfg.cuda_graphs == "on":
             raise KDError(f"CUDA graph capture failed: {str(err).splitlines()[0]}") from None
-        console.log(f"[yellow]CUDA graphs unavailable ({str(err).splitlines()[0]}); running eagerly")
+        progress.log(f"[yellow]CUDA graphs unavailable ({str(err).splitlines()[0]}); running eagerly")
         return False
 
 
@@ -256,10 +191,14 @@ def fit(
     device: torch.device,
     writer: RunWriter,
     resume: dict[str, Any] | None = None,
-    quiet: bool = False,
     after_step: Callable[[Method, int], None] | None = None,
+    allow_graphs: bool = True,
 ) -> FitResult:
-    """Train ``method`` for ``config.train.epochs`` epochs; evaluate on val each epoch and on test at the end."""
+    """Train ``method`` for ``config.train.epochs`` epochs; evaluate on val each epoch and on test at the end.
+
+    ``allow_graphs=False`` keeps the step eager whatever ``--cuda-graphs`` says (SyncBatchNorm's
+    collectives cannot be captured).
+    """
     cfg = config.train
     dtype = resolve_precision(cfg.precision, device)
     method.to(device)
@@ -268,8 +207,8 @@ def fit(
     steps = len(train_loader) if train_loader is not None else (method.steps_per_epoch() or 0)
     if steps <= 0:
         raise KDError("nothing to train on: the training split is smaller than one batch; lower --batch-size")
-    optimizers = method.configure_optimizers()
-    method.optimizers = optimizers
+    optimizers = method.optimizers()
+    scheduled = method.scheduled_optimizers()
     set_lr(optimizers, 1.0)  # records initial_lr
 
     start_epoch, start_step, history, elapsed = 0, 0, [], 0.0
@@ -278,13 +217,18 @@ def fit(
         method.load_trained_state({k: v.to(device) for k, v in resume["method"].items()})
         for opt, opt_state in zip(optimizers, resume["optimizers"]):
             opt.load_state_dict(opt_state)
-        _set_rng_state(resume["rng"], device)
+        set_rng_state(resume["rng"], device)
         start_epoch, start_step = int(resume["epoch"]), int(resume["step"])
         history, elapsed = list(resume["history"]), float(resume["elapsed"])
         partial = {k: v.to(device) for k, v in resume.get("partial", {}).items()}
     world = method.ctx.world
     if world.distributed:
-        distributed.prepare(method, optimizers)  # same weights on every rank; gradients averaged before each step
+        method.prepare_distributed(optimizers)
+
+    def synchronize(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Under torchrun: rank 0 gets the job's whole state, and the logged sums averaged over ranks."""
+        method.consolidate()
+        return distributed.reduce_sums(sums)
 
     def save_state(epoch: int, step: int, sums: dict[str, torch.Tensor]) -> None:
         if not writer.active:
@@ -296,7 +240,7 @@ def fit(
                 "step": step,
                 "method": method.trained_state(),
                 "optimizers": [opt.state_dict() for opt in optimizers],
-                "rng": _rng_state(device),
+                "rng": rng_state(device),
                 "history": history,
                 "elapsed": elapsed + (time.perf_counter() - t_start),
                 "partial": {k: v.detach() for k, v in sums.items()},
@@ -304,28 +248,23 @@ def fit(
         )
         writer.run_json({"status": "running", "epoch": epoch, "step": step})
 
-    graphed = False
-    if train_loader is not None and method.graphable_models() and device.type == "cuda":
+    if allow_graphs and train_loader is not None and method.graphable_models() and device.type == "cuda":
         sample = next(iter(train_loader.epoch(start_epoch)))[0]
-        rng = _rng_state(device)
-        graphed = _maybe_graph(method, sample, cfg, device, dtype)
-        _set_rng_state(rng, device)
+        saved_rng = rng_state(device)
+        _maybe_graph(method, sample, cfg, device, dtype)
+        set_rng_state(saved_rng, device)
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet,
-    )
     t_start = time.perf_counter()
     images_seen = 0
-    result_interrupted = False
-    with _StopFlag() as stop, progress:
-        task = progress.add_task("train", total=steps, stats="")
+    total_steps = steps * cfg.epochs
+    with _StopFlag() as stop, progress.track("train", total_steps) as tracker:
+        tracker.update(start_epoch * steps + start_step)
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             method.on_epoch_start(epoch)
             first = start_step if epoch == start_epoch else 0
             sums = partial if epoch == start_epoch and partial else {}
-            progress.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=first)
+            tracker.update(epoch * steps + first, description=f"train epoch {epoch + 1}/{cfg.epochs}")
             batches: Iterator[Any] = train_loader.epoch(epoch, first) if train_loader is not None else iter(
                 [None] * (steps - first)
             )
@@ -333,7 +272,7 @@ def fit(
             step = first
             for step, batch in enumerate(batches, start=first):
                 global_step = epoch * steps + step
-                set_lr(optimizers, lr_factor(config.optim, global_step, steps, cfg.epochs))
+                set_lr(scheduled, lr_factor(config.optim, global_step, steps, cfg.epochs))
                 if not method.manual_optimization:
                     for opt in optimizers:
                         opt.zero_grad(set_to_none=True)
@@ -351,17 +290,17 @@ def fit(
                 if batch is not None:
                     images_seen += int(batch[1].shape[0])
                 done = step + 1 - first
-                if not quiet and (done % cfg.log_every == 0 or step + 1 == steps):
+                if not progress.is_quiet() and (done % cfg.log_every == 0 or step + 1 == steps):
                     means = {k: v.item() / (step + 1) for k, v in sums.items()}
                     stats = " ".join(f"{k} {v:.3f}" for k, v in means.items() if k in ("loss", "acc"))
                     rate = done / max(1e-9, time.perf_counter() - t_epoch)
                     speed = f"{rate * batch[1].shape[0]:.0f} img/s" if batch is not None else f"{rate:.1f} it/s"
-                    progress.update(task, completed=step + 1, stats=f"{stats} {speed}")
+                    tracker.update(epoch * steps + step + 1, stats=f"{stats} {speed}")
                 stopping = stop.stop
                 if world.distributed:  # every rank must stop at the same step: vote every log_every steps
                     stopping = (done % cfg.log_every == 0 or step + 1 == steps) and distributed.any_rank(stop.stop)
                     if stopping:
-                        sums = distributed.synchronize(method, sums)
+                        sums = synchronize(sums)
                 if stopping:
                     save_state(epoch, step + 1, sums)
                     where = writer.path if writer.active else "(no run directory)"
@@ -371,7 +310,7 @@ def fit(
             if step + 1 != steps and train_loader is not None and first < steps:
                 raise KDError("internal: loader yielded fewer batches than expected")
             if world.distributed:
-                sums = distributed.synchronize(method, sums)  # rank 0 logs, evaluates and saves the whole job's state
+                sums = synchronize(sums)  # rank 0 logs, evaluates and saves the whole job's state
             epoch_time = time.perf_counter() - t_epoch
             row: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(epoch_time, 3)}
             row.update({f"train_{k}": v.item() / steps for k, v in sums.items()})
@@ -381,11 +320,10 @@ def fit(
                 row.update({f"val_top1/{role}": r["top1"] for role, r in val.items()})
             history.append(row)
             writer.metrics(row)
-            if not quiet:
-                shown = " ".join(
-                    f"{k.replace('train_', '')} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "time_s")
-                )
-                console.log(f"epoch {epoch + 1}/{cfg.epochs} {shown} ({epoch_time:.1f}s)")
+            shown = " ".join(
+                f"{k.replace('train_', '')} {v:.4f}" for k, v in row.items() if k not in ("epoch", "lr", "time_s")
+            )
+            progress.log(f"epoch {epoch + 1}/{cfg.epochs} {shown} ({epoch_time:.1f}s)")
             partial = {}
             save_state(epoch + 1, 0, {})
     wall = elapsed + time.perf_counter() - t_start
@@ -393,5 +331,4 @@ def fit(
     test = evaluate_models(models, test_set, info, device, cfg.eval_batch_size, dtype)
     val_final = evaluate_models(models, val_set, info, device, cfg.eval_batch_size, dtype) if val_set is not None else {}
     rate = images_seen / max(1e-9, time.perf_counter() - t_start)
-    del graphed
-    return FitResult(history, test, val_final, wall, rate, result_interrupted)
+    return FitResult(history, test, val_final, wall, rate)

@@ -13,9 +13,11 @@ from torch import nn
 from kdcli import checkpoint
 from kdcli.data import get_dataset
 from kdcli.data.base import DatasetInfo, ImageSet
-from kdcli.engine import predict, resolve_precision, score, select_device, setup_device
+from kdcli.device import resolve_precision, select_device, setup_device
+from kdcli.engine import predict, score
 from kdcli.errors import KDError
-from kdcli.methods import METHODS, make_params
+from kdcli.methods import METHODS
+from kdcli.methods.base import agreement
 
 
 def cpu_latency_ms(model: nn.Module, info: DatasetInfo, repeats: int = 30) -> float:
@@ -40,9 +42,9 @@ def load_run_models(run_dir: Path, info_json: dict[str, Any], device: torch.devi
         model, _ = checkpoint.load_model(path, device)
         loaded[role] = (model, path.stat().st_size)
     if info_json.get("method") in METHODS:
-        entry, _ = METHODS.resolve(info_json["method"])
-        params = make_params(entry.builder.Params, info_json.get("params", {}), info_json["method"])
-        assembled = entry.builder.assemble_eval({r: m for r, (m, _) in loaded.items()}, params)
+        cls = METHODS.resolve(info_json["method"])[0].builder
+        params = cls.make_params(info_json.get("params", {}))
+        assembled = cls.assemble_eval({r: m for r, (m, _) in loaded.items()}, params)
         for role, model in assembled.items():
             if role not in loaded:
                 loaded[role] = (model, None)
@@ -87,14 +89,14 @@ def evaluate_runs(
             cache[key] = (data.load("test"), info)
         test, info = cache[key]
         models = load_run_models(run_dir, info_json, dev)
-        teacher_pred = None
+        teacher_logits = None
         if info_json.get("teacher"):
             teacher_ref = f"{info_json['teacher']['run']}:{info_json['teacher']['role']}"
             try:
                 teacher, _ = checkpoint.load_run_model(teacher_ref, dev)
-                teacher_pred = predict(teacher, test, info, dev, batch_size, dtype).argmax(1)
+                teacher_logits = predict(teacher, test, info, dev, batch_size, dtype)
             except KDError:
-                teacher_pred = None  # the teacher run was moved or deleted: agreement shown as —
+                teacher_logits = None  # the teacher run was moved or deleted: agreement shown as —
         for role, (model, size) in models.items():
             if only_role and role != only_role:
                 continue
@@ -110,7 +112,7 @@ def evaluate_runs(
                 "params": sum(p.numel() for p in model.parameters()),
                 "size_bytes": size,
                 "cpu_latency_ms": round(cpu_latency_ms(model, info), 3) if measure_latency else None,
-                "agreement": None if teacher_pred is None else (logits.argmax(1) == teacher_pred).float().mean().item(),
+                "agreement": None if teacher_logits is None else agreement(logits, teacher_logits).item(),
             })
             model.to(dev)
     return rows

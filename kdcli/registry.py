@@ -7,12 +7,11 @@ used by ``kd list`` and by the tests.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from kdcli.errors import KDError
+from kdcli.errors import KDError, unknown
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -71,10 +70,7 @@ class Registry(Generic[T]):
         raise KDError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:
-        candidates = self.example_names()
-        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(self.display_names())}."
+        return str(unknown(self.kind, name, self.example_names(), shown=self.display_names()))
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         entry, captured = self.resolve(name)

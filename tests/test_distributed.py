@@ -27,7 +27,7 @@ from kdcli import distributed
 from kdcli.config import RunConfig
 from kdcli.data.base import ImageSet
 from kdcli.data.loader import DeviceLoader
-from kdcli.methods.base import World
+from kdcli.distributed import World
 from kdcli.run import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without torch.distributed")

@@ -3,7 +3,8 @@ import math
 import pytest
 
 from kdcli.config import OptimConfig
-from kdcli.engine import lr_factor, select_device
+from kdcli.device import select_device
+from kdcli.engine import lr_factor
 from kdcli.errors import KDError
 
 

@@ -1,21 +1,36 @@
-"""What every command shares: error handling, config resolution and the result table."""
+"""What every command shares: one-line errors, the usage-error face, help with effective defaults, result tables.
+
+Nothing here imports torch: ``kd --help`` and the help of every command stay fast. Where a command
+needs torch it imports :mod:`kdcli.run` (or its like) inside its function body; those imports are the
+only function-level imports of the package besides :func:`kdcli.catalog.build`.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
-from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from kdcli.errors import KDError
 
+try:  # typer ≥ 0.17 vendors click; older releases use the click package
+    from typer import _click as click
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click  # type: ignore[no-redef]
+
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
+
+
+def error_line(message: str) -> None:
+    """One line on stderr: ``error: <message>``."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def handle_errors(func: F) -> F:
@@ -28,10 +43,10 @@ def handle_errors(func: F) -> F:
         except KDError as err:
             if os.environ.get("KD_DEBUG"):
                 raise
-            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+            error_line(str(err))
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("[red]error:[/red] interrupted", highlight=False)
+            error_line("interrupted")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
@@ -39,54 +54,43 @@ def handle_errors(func: F) -> F:
             if os.environ.get("KD_DEBUG"):
                 raise
             first = str(err).splitlines()[0] if str(err) else ""
-            err_console.print(
-                f"[red]error:[/red] internal error {type(err).__name__}: {first} (set KD_DEBUG=1 for the traceback)",
-                highlight=False, soft_wrap=True,
-            )
+            error_line(f"internal error {type(err).__name__}: {first} (set KD_DEBUG=1 for the traceback)")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def resolve_config(command: str, method: str, preset: dict[str, Any], config_file: Path | None,
-                   flags: dict[str, Any], method_flags: dict[str, Any] | None = None):
-    """defaults < preset < --config TOML < flags; method hyperparameters go to ``method_params``."""
-    from kdcli.config import RunConfig, apply_overrides, load_toml
+class KdGroup(TyperGroup):
+    """The ``kd`` group: a usage error (a wrong type, a missing argument, an unknown option) is one line
+    plus a hint to ``--help``, exit code 2, instead of a boxed usage page."""
 
-    config = RunConfig(command=command, method=method)
-    apply_overrides(config, preset, "preset")
-    explicit = {k for k, v in flags.items() if v is not None}
-    if config_file is not None:
-        from_file = load_toml(config_file)
-        apply_overrides(config, from_file, str(config_file))
-        explicit |= {k for k, v in from_file.items() if not isinstance(v, dict)}
-        explicit |= {k for v in from_file.values() if isinstance(v, dict) for k in v}
-    apply_overrides(config, flags, "flags")
-    if method_flags:
-        config.method_params.update({k: v for k, v in method_flags.items() if v is not None})
-    _gentler_start_without_batchnorm(config, explicit)
-    return config
-
-
-def _gentler_start_without_batchnorm(config, explicit: set[str]) -> None:
-    """Networks without BatchNorm (LeNet, MLP) diverge at the ResNet learning rate of 0.1 on MNIST:
-    unless the user chose a rate, they get at most 0.02 with a one-epoch warm-up."""
-    from kdcli.models import MODELS, create_model
-    from torch import nn
-
-    if "lr" in explicit or config.model not in MODELS:
-        return
-    probe = create_model(config.model, 1, 28, 10)
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
-        return
-    config.optim.lr = min(config.optim.lr, 0.02)
-    if "warmup_epochs" not in explicit:
-        config.optim.warmup_epochs = max(config.optim.warmup_epochs, 1.0)
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        except click.exceptions.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `kd`: the help page is the answer
+                typer.echo(err.ctx.get_help() if err.ctx is not None else "")
+                code = 0
+            else:
+                where = err.ctx.command_path if err.ctx is not None else "kd"
+                error_line(f"{err.format_message()} (see {where} --help)")
+                code = err.exit_code
+        except click.exceptions.ClickException as err:
+            error_line(err.format_message())
+            code = err.exit_code
+        except click.exceptions.Abort:
+            error_line("aborted")
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def report_run(result: dict[str, Any], as_json: bool) -> None:
     """The table printed after a training command (or the run.json content with ``--json``)."""
-    from kdcli.report import print_json, print_table
+    from kdcli.report import print_json, print_table  # noqa: PLC0415 - keeps `kd --help` fast
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports the job
         return
@@ -102,7 +106,8 @@ def report_run(result: dict[str, Any], as_json: bool) -> None:
         rows.append([role, arch, scores["top1"] * 100, scores["top5"] * 100, params,
                      agreement.get(role, None) and agreement[role] * 100])
     if "teacher_test" in metrics:
-        rows.append(["teacher", result["teacher"]["spec"]["arch"], metrics["teacher_test"]["top1"] * 100, None, None, None])
+        rows.append(["teacher", result["teacher"]["spec"]["arch"], metrics["teacher_test"]["top1"] * 100, None, None,
+                     None])
     print_table(
         f"{result['command']} · {result['dataset']['name']} · {result['run_dir']} · {result['wall_time_s']:.1f}s",
         ["role", "model", "test top-1 %", "top-5 %", "params", "agree w/ teacher %"],

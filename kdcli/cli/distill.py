@@ -2,40 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from kdcli.cli.common import argv, handle_errors, report_run
+from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
 
-import typer
-
-from kdcli.cli import options as o
-from kdcli.cli.common import argv, handle_errors, report_run, resolve_config
-
-PRESET = {"model": "lenet5-half", "epochs": 30, "lr": 0.01, "batch_size": 64, "dataset": ""}
+COMMAND = "distill"
 
 
 @handle_errors
-def distill(
-    teacher: o.Teacher = None, dataset: o.Dataset = None, model: o.Model = None, epochs: o.Epochs = None,
-    batch_size: o.BatchSize = None, lr: o.Lr = None, seed: o.Seed = None, device: o.Device = None, out: o.Out = None,
-    data_dir: o.DataDir = None, config: o.Config = None, val_fraction: o.ValFraction = None,
-    optimizer: o.Optimizer = None, schedule: o.Schedule = None, milestones: o.Milestones = None,
-    weight_decay: o.WeightDecay = None, momentum: o.Momentum = None, precision: o.Precision = None,
-    augment: o.Augment = None, cuda_graphs: o.CudaGraphs = None, warmup_epochs: o.Warmup = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-T", help="Softmax temperature T (default 4).")] = None,
-    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of the soft loss; hard CE gets 1−α (default 0.9).")] = None,
-    resume: o.Resume = None, overwrite: o.Overwrite = False, json: o.Json = False, quiet: o.Quiet = False,
-) -> None:
-    """Distil a teacher run into a student with Hinton KD (soft targets at T, T² scaling).
+@command("teacher", "model", "temperature", "alpha", "param", *TRAINING_COMMAND)
+def distill(options: Options) -> None:
+    """Distil a teacher run into a student with Hinton KD (soft targets at T, T² scaling, α between the
+    soft and the hard loss). The dataset defaults to the teacher's.
 
-    The dataset defaults to the teacher's.
+    Examples:
+
+    kd distill --teacher runs/teacher   (a LeNet-5-half student, seconds on a CPU)
+
+    kd distill --teacher runs/fm-teacher --model lenet5-half --temperature 4 --alpha 0.9 --out runs/fm-student
+
+    kd distill --teacher runs/c10-resnet56 --model resnet20 --epochs 240 --lr 0.05 --schedule step --milestones 150,180,210
     """
-    from kdcli.run import train
+    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    flags = o.common_values(
-        dataset=dataset, model=model, teacher=teacher, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        device=device, out=out, data_dir=data_dir, val_fraction=val_fraction, optimizer=optimizer, schedule=schedule,
-        milestones=milestones, weight_decay=weight_decay, momentum=momentum, precision=precision, augment=augment,
-        cuda_graphs=cuda_graphs, warmup_epochs=warmup_epochs,
-    )
-    cfg = resolve_config("distill", "kd", PRESET, config, flags, {"temperature": temperature, "alpha": alpha})
-    result = train(cfg, resume=resume, overwrite=overwrite, quiet=quiet or json, argv=argv())
-    report_run(result, json)
+    config = None if options["resume"] else to_config(COMMAND, options)
+    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
+                   quiet=options["quiet"] or options["json"], argv=argv())
+    report_run(result, options["json"])

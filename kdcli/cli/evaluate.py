@@ -6,41 +6,44 @@ from typing import Annotated, Optional
 
 import typer
 
-from kdcli.cli import options as o
 from kdcli.cli.common import handle_errors
+from kdcli.cli.options import Options, command
 
 
 @handle_errors
+@command("dataset", "data_dir", "device", "json")
 def evaluate(
+    options: Options,
     runs: Annotated[list[str], typer.Argument(help="Run directories (RUN or RUN:role).")],
-    dataset: o.Dataset = None,
-    data_dir: o.DataDir = None,
-    device: o.Device = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Evaluation batch size.")] = 1024,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure CPU latency per image.")] = True,
     churn: Annotated[bool, typer.Option(
         "--churn", help="Also report prediction churn: the share of test images two models label differently "
         "(every pair of the runs given, or of one run's copies).")] = False,
-    json: o.Json = False,
 ) -> None:
     """Score runs on the test split: top-1/top-5, params, size, CPU latency, agreement with the teacher.
 
     Rebuilds every model from the run directory alone. With --dataset, evaluates on another dataset,
-    refused unless its classes, channels and image size match.
+    refused unless its classes, channels and image size match. --json prints {"models": [...],
+    "churn": [...]} (churn empty without --churn).
+
+    Examples:
+
+    kd evaluate runs/teacher runs/student runs/student-alone
+
+    kd evaluate runs/dml --churn --json
     """
-    from kdcli.evaluate import evaluate_runs
-    from kdcli.report import print_json, print_table
+    from kdcli.evaluate import churn as churn_between  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli.evaluate import evaluate_runs  # noqa: PLC0415
+    from kdcli.report import print_json, print_table  # noqa: PLC0415
 
-    rows = evaluate_runs(runs, dataset=dataset, data_dir=data_dir, device=device or "auto", batch_size=batch_size,
+    dataset, data_dir, device = options["dataset"], options["data_dir"], options["device"] or "auto"
+    rows = evaluate_runs(runs, dataset=dataset, data_dir=data_dir, device=device, batch_size=batch_size,
                          measure_latency=latency)
-    churn_rows = None
-    if churn:
-        from kdcli.evaluate import churn as churn_between
-
-        churn_rows = churn_between(runs, dataset=dataset, data_dir=data_dir, device=device or "auto",
-                                   batch_size=batch_size)
-    if json:
-        print_json(rows if churn_rows is None else {"models": rows, "churn": churn_rows})
+    churn_rows = churn_between(runs, dataset=dataset, data_dir=data_dir, device=device,
+                               batch_size=batch_size) if churn else None
+    if options["json"]:
+        print_json({"models": rows, "churn": churn_rows or []})
         return
     datasets = sorted({r["dataset"] for r in rows})
     one_dataset = len(datasets) == 1  # then the dataset goes in the title, keeping the table narrow

@@ -1,78 +1,119 @@
-"""`kd list [models|datasets|methods]`: what can be named on the command line."""
+"""`kd list [models|datasets|methods] [NAME]`: what can be named on the command line.
+
+Answers from the catalogue (:mod:`kdcli.catalog`) without importing torch, except where it must look
+at something live: whether a dataset's files are on this machine (`kd list datasets`) and a model's
+parameter count (`kd list models NAME`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from kdcli.cli import options as o
+from kdcli import catalog
 from kdcli.cli.common import handle_errors
-from kdcli.errors import KDError
+from kdcli.cli.options import Options, command
+from kdcli.errors import KDError, unknown
 
 WHAT = ("models", "datasets", "methods")
 
 
 @handle_errors
+@command("data_dir", "json")
 def list_(
+    options: Options,
     what: Annotated[Optional[str], typer.Argument(help="models | datasets | methods (default: all).")] = None,
-    data_dir: o.DataDir = None,
-    json: o.Json = False,
+    name: Annotated[Optional[str], typer.Argument(help="One model or method: its details.")] = None,
 ) -> None:
-    """List the models, datasets and methods kd knows."""
-    from kdcli.report import print_json, print_table
+    """List the models, datasets and methods kd knows; `kd list methods NAME` shows a method's
+    hyperparameters with their defaults and every value of its presets.
+
+    Examples:
+
+    kd list
+
+    kd list methods dml
+
+    kd list datasets   (also says which datasets are on this machine)
+    """
+    from kdcli.report import print_json, print_table  # noqa: PLC0415 - rich tables; no torch
 
     if what is not None and what not in WHAT:
-        import difflib
-
-        close = difflib.get_close_matches(what, WHAT, n=1)
-        raise KDError(f"unknown list {what!r}.{' Did you mean ' + close[0] + '?' if close else ''} Valid: {', '.join(WHAT)}.")
+        raise unknown("list", what, WHAT)
+    if name is not None:
+        if what not in ("models", "methods"):
+            raise KDError("details are listed for one model or one method: kd list models NAME, kd list methods NAME")
+        detail = _model_detail(name) if what == "models" else _method_detail(name)
+        if options["json"]:
+            print_json(detail)
+            return
+        for title, columns, rows in detail["tables"]:
+            print_table(title, columns, rows)
+        return
     sections = [what] if what else list(WHAT)
-    out = {}
-    for section in sections:
-        out[section] = {"models": _models, "datasets": lambda: _datasets(data_dir), "methods": _methods}[section]()
-    if json:
+    out = {section: _section(section, options["data_dir"], live=what == "datasets") for section in sections}
+    if options["json"]:
         print_json(out)
         return
     for section, rows in out.items():
-        if not rows:
-            continue
-        columns = list(rows[0])
-        print_table(f"kd {section}", columns, [[r[c] for c in columns] for r in rows])
+        if rows:
+            columns = list(rows[0])
+            print_table(f"kd {section}", columns, [[r[c] for c in columns] for r in rows])
 
 
-def _models() -> list[dict]:
-    from kdcli.models import MODELS, count_parameters, create_model
+def _section(section: str, data_dir: str | None, live: bool) -> list[dict[str, Any]]:
+    listing = catalog.catalog()
+    if section == "models":
+        return [{"name": m["name"], "example": m["example"], "about": m["about"]} for m in listing["models"]]
+    if section == "methods":
+        return [{"name": m["name"], "command": m["command"], "presets": ", ".join(m["presets"]), "about": m["about"]}
+                for m in listing["methods"]]
+    rows = [dict(d) for d in listing["datasets"]]
+    if live:  # whether the files are here: the data code must look (it imports torch)
+        from kdcli.data import available_offline  # noqa: PLC0415
 
+        for row in rows:
+            row["offline here"] = "yes" if available_offline(row["name"], data_dir) else "no"
+    return rows
+
+
+def _model_detail(name: str) -> dict[str, Any]:
+    from kdcli.models import count_parameters, create_model  # noqa: PLC0415 - builds the one model asked for
+
+    shapes = [(1, 28, 10), (3, 32, 10), (3, 32, 100)]
     rows = []
-    for entry in MODELS:
-        example = entry.examples[0]
+    for channels, size, classes in shapes:
         try:
-            params = count_parameters(create_model(example, 3, 32, 10))
-        except Exception:  # noqa: BLE001 - a family whose example needs other shapes
-            params = None
-        rows.append({"name": entry.name, "example": example, "params (3×32×32, 10 classes)": params, "about": entry.help})
-    return rows
+            model = create_model(name, channels, size, classes)
+        except KDError as err:
+            if not rows and "unknown model" in str(err):
+                raise
+            continue
+        rows.append([f"{channels}×{size}×{size}", classes, count_parameters(model), len(model.stages)])
+    return {"name": name, "shapes": [dict(zip(["input", "classes", "params", "stages"], r)) for r in rows],
+            "tables": [(f"kd model {name}", ["input", "classes", "params", "stages"], rows)]}
 
 
-def _datasets(data_dir: str | None) -> list[dict]:
-    from kdcli.data import DATASETS, available_offline
-
-    rows = []
-    for entry in DATASETS:
-        info = entry.info.get("static_info")
-        rows.append({
-            "name": entry.name,
-            "shape": f"{info.channels}×{info.image_size}×{info.image_size}" if info else "from files",
-            "classes": info.num_classes if info else None,
-            "train/test": f"{info.train_size}/{info.test_size}" if info and info.train_size else "—",
-            "offline here": "yes" if available_offline(entry.examples[0], data_dir) else "no",
-            "about": entry.help,
-        })
-    return rows
-
-
-def _methods() -> list[dict]:
-    from kdcli.methods import METHODS
-
-    return [{"name": e.name, "command": e.info.get("command", ""), "about": e.help} for e in METHODS]
+def _method_detail(name: str) -> dict[str, Any]:
+    method = catalog.method(name)
+    if method is None:
+        raise unknown("method", name, [m["name"] for m in catalog.catalog()["methods"]])
+    params = [[p["name"], p["default"], p["about"]] for p in method["params"]]
+    presets = []
+    for preset, table in method["presets"].items():
+        for dataset, values in table.items():
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    presets += [[preset, dataset, f"{key}.{k}", v] for k, v in value.items()]
+                else:
+                    presets.append([preset, dataset, key, value])
+    return {
+        **{k: method[k] for k in ("name", "command", "about", "doc", "presets", "params")},
+        "tables": [
+            (f"kd {method['command']} --method {name}: {method['doc']}", ["hyperparameter", "default", "about"],
+             params or [["—", None, "no hyperparameters of its own"]]),
+            (f"{name} presets (defaults < preset < --config TOML < flags)", ["preset", "dataset", "key", "value"],
+             presets),
+        ],
+    }

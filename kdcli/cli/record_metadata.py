@@ -1,31 +1,32 @@
-"""`kd record-metadata`: add Lopes et al. activation statistics to an existing teacher run."""
+"""`kd record-metadata`: add the statistics data-free methods need (Lopes et al.) to an existing teacher run."""
 
 from __future__ import annotations
 
-from kdcli.cli import options as o
 from kdcli.cli.common import handle_errors
+from kdcli.cli.options import Options, command
+from kdcli.errors import KDError
 
 
 @handle_errors
-def record_metadata(
-    teacher: o.Teacher = None,
-    device: o.Device = None,
-    data_dir: o.DataDir = None,
-    json: o.Json = False,
-) -> None:
+@command("teacher", "device", "data_dir", "json")
+def record_metadata(options: Options) -> None:
     """Read the teacher's training split once (eval mode) and store per-class activation statistics
     (every block group and the logits, plus graph-spectral summaries) as RUN/metadata.safetensors.
 
     kd train-teacher does this itself; older runs need it for `kd distill-datafree --method lopes`.
-    """
-    from kdcli.errors import KDError
-    from kdcli.metadata import record
-    from kdcli.report import print_json, print_table
 
+    Example:
+
+    kd record-metadata --teacher runs/old-teacher
+    """
+    from kdcli.report import print_json, print_table  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli.run import record_statistics  # noqa: PLC0415
+
+    teacher = options["teacher"]
     if not teacher:
         raise KDError("record-metadata needs a teacher: pass --teacher RUN")
-    listing = record(teacher, device=device or "auto", data_dir=data_dir)
-    if json:
+    listing = record_statistics(teacher, device=options["device"] or "auto", data_dir=options["data_dir"])["metadata"]
+    if options["json"]:
         print_json(listing)
         return
     print_table(

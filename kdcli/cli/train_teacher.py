@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-from kdcli.cli import options as o
-from kdcli.cli.common import argv, handle_errors, report_run, resolve_config
+from kdcli.cli.common import argv, handle_errors, report_run
+from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
 
-PRESET = {"model": "resnet20", "epochs": 30, "lr": 0.1, "batch_size": 64}
+COMMAND = "train-teacher"
 
 
 @handle_errors
-def train_teacher(
-    dataset: o.Dataset = None, model: o.Model = None, epochs: o.Epochs = None, batch_size: o.BatchSize = None,
-    lr: o.Lr = None, seed: o.Seed = None, device: o.Device = None, out: o.Out = None, data_dir: o.DataDir = None,
-    config: o.Config = None, val_fraction: o.ValFraction = None, optimizer: o.Optimizer = None,
-    schedule: o.Schedule = None, milestones: o.Milestones = None, weight_decay: o.WeightDecay = None,
-    momentum: o.Momentum = None, precision: o.Precision = None, augment: o.Augment = None,
-    cuda_graphs: o.CudaGraphs = None, warmup_epochs: o.Warmup = None, resume: o.Resume = None, overwrite: o.Overwrite = False,
-    json: o.Json = False, quiet: o.Quiet = False,
-) -> None:
-    """Train a model on labelled data (a teacher, or a from-scratch baseline)."""
-    from kdcli.run import train
+@command("model", *TRAINING_COMMAND)
+def train_teacher(options: Options) -> None:
+    """Train a model on labelled data (a teacher, or a from-scratch baseline).
 
-    flags = o.common_values(
-        dataset=dataset, model=model, teacher=None, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        device=device, out=out, data_dir=data_dir, val_fraction=val_fraction, optimizer=optimizer, schedule=schedule,
-        milestones=milestones, weight_decay=weight_decay, momentum=momentum, precision=precision, augment=augment,
-        cuda_graphs=cuda_graphs, warmup_epochs=warmup_epochs,
-    )
-    cfg = resolve_config("train-teacher", "supervised", PRESET, config, flags)
-    result = train(cfg, resume=resume, overwrite=overwrite, quiet=quiet or json, argv=argv())
-    from kdcli.metadata import record_after_training
+    Once the run completes, the per-class activation statistics data-free methods use are recorded
+    with it while the training data is at hand.
 
-    result["metadata"] = record_after_training(result, cfg)  # Lopes et al.: statistics while the data is at hand
-    report_run(result, json)
+    Examples:
+
+    kd train-teacher   (ResNet-20 on the embedded digits, seconds on a CPU)
+
+    kd train-teacher --dataset fashion-mnist --model lenet5 --out runs/fm-teacher
+
+    kd train-teacher --dataset cifar10 --model resnet32 --epochs 200 --schedule step --milestones 100,150
+    """
+    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
+
+    config = None if options["resume"] else to_config(COMMAND, options)
+    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
+                   quiet=options["quiet"] or options["json"], argv=argv())
+    report_run(result, options["json"])

@@ -1,17 +1,14 @@
-"""Method registry: name → Method class. Feeds the CLI's choices, `kd list methods` and the tests."""
+"""Every training method, grouped by what it learns from, and the registry that names them.
 
-from __future__ import annotations
+* :mod:`kdcli.methods.supervised`: the labelled training data (supervised teachers, Hinton KD);
+* :mod:`kdcli.methods.online`: peers or branches trained together, no pre-trained teacher;
+* :mod:`kdcli.methods.datafree`: a teacher alone, never the training data.
 
-from kdcli.methods.base import Method, MethodContext, World, build_optimizer, make_params
-from kdcli.methods.kd import HintonKD
-from kdcli.methods.supervised import Supervised
-from kdcli.registry import Registry
+Importing this package registers them all in :data:`METHODS`; the contract they implement is
+:class:`kdcli.methods.base.Method`.
+"""
 
-METHODS: Registry = Registry("method")
-METHODS.add("supervised", Supervised, help="cross-entropy on labels (kd train-teacher)", command="train-teacher")
-METHODS.add("kd", HintonKD, help="Hinton et al. 2015 soft targets at T (kd distill)", command="distill")
+from kdcli.methods import supervised, datafree, online  # noqa: F401,I001  (each registers itself, in this order)
+from kdcli.methods.base import DEFAULT_PRESET, METHODS, Method, MethodContext, register_method
 
-__all__ = ["METHODS", "Method", "MethodContext", "World", "build_optimizer", "make_params"]
-from kdcli.methods import datafree_registry  # noqa: E402,F401
-from kdcli.methods import online_registry  # noqa: E402,F401
-from kdcli.methods import codistill as _codistill  # noqa: E402,F401
+__all__ = ["DEFAULT_PRESET", "METHODS", "Method", "MethodContext", "register_method"]

@@ -1,48 +1,90 @@
-"""The method contract: the only place a paper's math lives. The engine owns the loop.
+"""The method contract: the only place a paper's math lives. The engine owns the loop, the orchestrator the run.
 
 A method is an ``nn.Module`` holding the models it trains (student, peers, branches, generator)
 and, when it has one, a frozen teacher (always in eval mode, never trained, never saved in the
-run's state). The engine calls, per step, ``training_step(batch, step)`` and gets back a dict with
-``"loss"`` plus named parts to log. By default the engine back-propagates ``"loss"`` and steps every
-optimizer; a method with an adversarial or alternating schedule sets ``manual_optimization`` and
-steps its own optimizers (``self.optimizers``) inside ``training_step``.
+run's state). It is registered where it is defined, with :data:`METHODS`::
+
+    @METHODS.register("dml", command="distill-online", help="Deep Mutual Learning, Zhang et al. 2018")
+    class DML(Method): ...
+
+Every hook the engine (:mod:`kdcli.engine`) or the orchestrator (:mod:`kdcli.run`) calls is declared
+on :class:`Method` below with its default; nothing is looked up by name and nothing is written into a
+method from outside. The order of calls in a run::
+
+    params  = cls.resolve_params(cls.make_params(values), ctx)   # once; the method never changes them
+    method  = cls(ctx, params); method.to(device); method.prepare()
+    opts    = method.optimizers()                 # built once by configure_optimizers()
+    method.prepare_distributed(opts)              # under torchrun only
+    per epoch: method.on_epoch_start(epoch); per step: parts = method.training_step(batch, step)
+               (then backward + step of every optimizer, unless manual_optimization)
+    method.consolidate()                          # under torchrun, before evaluation and checkpoints
+    method.eval_models(), method.export_models(), method.write_artifacts(run_dir)
+
+``kd synthesize`` calls :meth:`Method.synthesize` (after training on the engine when ``synthesis``
+is ``"generator"``); ``kd train-teacher`` and ``kd record-metadata`` call every method's
+:meth:`Method.record_teacher_statistics` once the teacher exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
+from kdcli import distributed
 from kdcli.config import OptimConfig, RunConfig
-from kdcli.data.base import DatasetInfo
-from kdcli.errors import KDError
+from kdcli.data.base import DatasetInfo, ImageSet
+from kdcli.distributed import Shard, World
+from kdcli.errors import KDError, did_you_mean
+from kdcli.registry import Registry
+
+if TYPE_CHECKING:  # type only: the synthetic-set format is data code, imported by the methods that synthesise
+    from kdcli.data.synthetic import SyntheticSet
+
+#: Every method, by name; each method's file registers itself with ``@METHODS.register(...)``.
+#: Entry extras: ``command`` (the CLI command that runs it).
+METHODS: Registry = Registry("method")
+
+M = TypeVar("M", bound=type)
 
 
-@dataclass
-class World:
-    """Where this process stands in a torch.distributed job (rank 0 of 1 when not distributed)."""
+def register_method(name: str, *, command: str, help: str) -> Callable[[M], M]:
+    """Class decorator: register a :class:`Method` under ``name`` for the CLI ``command`` (sets ``cls.name``)."""
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
+    def wrap(cls: M) -> M:
+        cls.name = name  # type: ignore[attr-defined]
+        return METHODS.register(name, help=help, command=command)(cls)
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    return wrap
 
 
-@dataclass
+#: The preset a command uses when ``--preset`` is not given.
+DEFAULT_PRESET = "quick"
+
+#: A preset: per dataset name (or ``"*"`` for any other), the config overrides it applies (see :mod:`kdcli.presets`).
+Preset = dict[str, dict[str, Any]]
+
+#: The ``no_batchnorm`` rule of the supervised and online presets: networks without BatchNorm (LeNet,
+#: MLP) diverge at the ResNet learning rate of 0.1 on MNIST, so unless the user chose a rate they get
+#: at most 0.02 with a one-epoch warm-up.
+GENTLE_WITHOUT_BATCHNORM: dict[str, float] = {"lr": 0.02, "warmup_epochs": 1.0}
+
+
+@dataclass(frozen=True)
 class MethodContext:
-    """What a method may know when it is built."""
+    """What a method may know when it is built.
+
+    Attributes:
+        steps_per_epoch: batches of training data per epoch (0 for a method that reads none: it
+            says its own with :meth:`Method.steps_per_epoch`).
+        teacher_meta: the teacher run's description (``run``, ``role``, ``spec``, ``run_info``).
+    """
 
     config: RunConfig
     info: DatasetInfo
@@ -56,10 +98,6 @@ class MethodContext:
     def epochs(self) -> int:
         return self.config.train.epochs
 
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
 
 @dataclass
 class NoParams:
@@ -72,21 +110,37 @@ Batch = tuple[torch.Tensor, torch.Tensor] | None
 class Method(nn.Module):
     """Base class for every training method (supervised, KD, online, data-free).
 
-    Subclasses set ``name``, ``Params`` (a dataclass of hyperparameters with paper defaults) and
-    implement ``training_step`` and ``eval_models``.
+    Subclasses set ``name`` (by registering), ``Params`` (a dataclass of hyperparameters with paper
+    defaults, documented in its docstring), ``presets`` and implement :meth:`training_step` and
+    :meth:`eval_models`. Everything else has a default that fits a method training one model on
+    the labelled training data.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    needs_data: ClassVar[bool] = True  # False: training_step receives batch=None (data-free)
+    #: ``{preset name: {dataset name or "*": config overrides}}``; ``quick`` is the default preset.
+    #: Overrides are flat config keys (``epochs``, ``lr``, ``model``...) plus ``method`` for the
+    #: method's own hyperparameters. A ``paper`` preset's docstring names the table it reproduces.
+    presets: ClassVar[dict[str, Preset]] = {}
+    #: False: ``training_step`` receives ``batch=None`` and the training split is never loaded (data-free).
+    needs_data: ClassVar[bool] = True
+    #: True: ``--teacher RUN`` is required and the teacher is frozen in ``self.teacher``.
     needs_teacher: ClassVar[bool] = False
-    manual_optimization: ClassVar[bool] = False
-    primary: ClassVar[str] = "student"  # the role `--teacher RUN` and `kd evaluate` pick by default
-    # Under torchrun (kdcli/distributed.py): True = the same models on every rank, gradients averaged.
-    # A method whose ranks hold different models (codistillation) sets False, gathers its state on
-    # rank 0 in ``consolidate()`` and may define a classmethod ``data_shard(params, config, world)``
-    # that says which slice of the data each rank reads.
+    #: The role ``--teacher RUN`` and ``kd evaluate`` pick by default.
+    primary: ClassVar[str] = "student"
+    #: True: this method's run is a teacher (``kd train-teacher``): once it completes, the orchestrator
+    #: calls every method's :meth:`record_teacher_statistics` while the training split is at hand.
+    produces_teacher: ClassVar[bool] = False
+    #: Under torchrun: True = the same models on every rank, each reading its slice of the batch,
+    #: gradients averaged (the defaults of :meth:`prepare_distributed` and :meth:`consolidate`).
+    #: False = ranks hold different models (codistillation) and the method overrides both hooks.
     data_parallel: ClassVar[bool] = True
+    #: What ``kd synthesize`` can do with this method: ``"none"``; ``"inputs"``, it optimises inputs
+    #: against the teacher (:meth:`synthesize` needs no training); ``"generator"``, it trains a
+    #: generator on the engine first, then samples it.
+    synthesis: ClassVar[str] = "none"
+    #: Storage of a synthesised set: ``uint8`` pixels or ``float16`` (unclipped generator output).
+    synthesis_dtype: ClassVar[str] = "uint8"
 
     def __init__(self, ctx: MethodContext, params: Any) -> None:
         super().__init__()
@@ -98,13 +152,89 @@ class Method(nn.Module):
             self.teacher.eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        self.optimizers: list[torch.optim.Optimizer] = []
+        self._optimizers: list[torch.optim.Optimizer] | None = None
         self.epoch = 0
 
-    # -- the contract ---------------------------------------------------------------------------
+    # -- hyperparameters ---------------------------------------------------------------------------
+    @classmethod
+    def make_params(cls, values: dict[str, Any]) -> Any:
+        """The ``Params`` dataclass from user values (strings from ``--param`` are coerced; unknown keys fail)."""
+        return make_params(cls.Params, values, cls.name)
+
+    @classmethod
+    def resolve_params(cls, params: Any, ctx: MethodContext) -> Any:
+        """Fill what depends on the run (peers from ``--models``, a ramp from ``--epochs``) and check
+        ranges; called once, before the method is built, and recorded in ``run.json``. Default: as given."""
+        return params
+
+    @classmethod
+    def data_shard(cls, params: Any, config: RunConfig, world: World) -> Shard:
+        """How this process reads the training data: by default every rank takes its slice of each global batch."""
+        return distributed.data_parallel_shard(config.train.batch_size, world)
+
+    # -- before training -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Work done once, after the method is on its device and before the first step (a data-free
+        method synthesises its transfer set here). Default: nothing."""
+
+    def steps_per_epoch(self) -> int | None:
+        """Steps per epoch of a method that reads no training data (``needs_data = False``)."""
+        return None
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Build the optimizers (called once, by :meth:`optimizers`): by default one over every trainable parameter."""
+        return [build_optimizer(self.ctx.config.optim, self.trainable_parameters())]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """This method's optimizers, built on first use by :meth:`configure_optimizers`."""
+        if self._optimizers is None:
+            self._optimizers = self.configure_optimizers()
+        return self._optimizers
+
+    def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers whose learning rate follows the run's schedule (warm-up, cosine, steps). Default: all."""
+        return self.optimizers()
+
+    @property
+    def manual_optimization(self) -> bool:
+        """True: :meth:`training_step` zeroes, back-propagates and steps its own optimizers (adversarial or
+        alternating schedules). False (default): the engine back-propagates ``"loss"`` and steps them all."""
+        return False
+
+    def prepare_distributed(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Under torchrun, before the first step. Default (data-parallel): rank 0's weights everywhere,
+        gradients averaged over the ranks before every optimizer step."""
+        distributed.broadcast_tensors([t for t in self.trained_state().values() if t.is_floating_point()], src=0)
+        distributed.install_gradient_sync(optimizers)
+
+    def consolidate(self) -> None:
+        """Under torchrun, at an epoch end and before checkpoints: make rank 0 hold the job's whole state.
+        Default (data-parallel): average the BatchNorm statistics (each rank saw its own slice)."""
+        distributed.average_buffers(self)
+
+    # -- training ------------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of every epoch (also the first epoch of a resumed run)."""
+        self.epoch = epoch
+
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """One step on ``batch`` (``None`` when ``needs_data`` is False); ``step`` counts from 0 over the run.
+
+        Returns ``"loss"`` (what the engine back-propagates) plus named 0-d parts to log.
+        """
         raise NotImplementedError
 
+    def graphable_models(self) -> dict[str, nn.Module]:
+        """Trained models called exactly once per step on the batch images (CUDA-graph candidates)."""
+        return {}
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a teacher's BatchNorm statistics never move
+        return self
+
+    # -- results ----------------------------------------------------------------------------------------
     def eval_models(self) -> dict[str, nn.Module]:
         """Models to score each epoch and at the end, by role (``student``, ``peer0``, ``ensemble``...)."""
         raise NotImplementedError
@@ -115,34 +245,38 @@ class Method(nn.Module):
 
     @classmethod
     def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
-        """Rebuild the evaluation rows from saved models (``kd evaluate``): add ensembles and the like."""
+        """``kd evaluate``: rebuild the evaluation rows from the saved models (add ensembles and the like)."""
         return models
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One optimizer over every trainable parameter, from the run's optimiser config."""
-        return [build_optimizer(self.ctx.config.optim, self.trainable_parameters())]
-
-    def graphable_models(self) -> dict[str, nn.Module]:
-        """Trained models called exactly once per step on the batch images (CUDA-graph candidates)."""
+    def write_artifacts(self, run_dir: Path) -> dict[str, Any]:
+        """Write by-products into the finished run (a generator, a transfer set, ``samples.png``);
+        returns what ``run.json`` lists under ``artifacts``. Default: nothing."""
         return {}
 
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch = epoch
+    # -- kd synthesize -------------------------------------------------------------------------------------
+    def synthesize(self, n: int) -> SyntheticSet:
+        """``n`` synthetic samples for ``kd synthesize`` (see ``synthesis``)."""
+        raise KDError(f"method {self.name!r} does not synthesise data")
 
-    def steps_per_epoch(self) -> int | None:
-        """Steps per epoch for methods that do not read data (``needs_data = False``)."""
-        return None
+    def synthesis_files(self, folder: Path) -> dict[str, str]:
+        """Extra files a synthesised set keeps (a generator), written into ``folder``; returns ``{name: file}``."""
+        return {}
 
-    # -- helpers --------------------------------------------------------------------------------
+    # -- teachers ------------------------------------------------------------------------------------------
+    @classmethod
+    def record_teacher_statistics(
+        cls, run_dir: Path, role: str, teacher: nn.Module, train_set: ImageSet, info: DatasetInfo,
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """Called once a teacher run exists and its training split is at hand (``kd train-teacher``,
+        ``kd record-metadata``): record what this method will later need from the data (Lopes et al.'s
+        activation statistics). Returns entries to add to the teacher's ``run.json``. Default: none."""
+        return {}
+
+    # -- state -----------------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         return [p for p in self.parameters() if p.requires_grad and id(p) not in teacher_ids]
-
-    def train(self, mode: bool = True) -> "Method":
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # a teacher's BatchNorm statistics never move
-        return self
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """State dict without the frozen teacher (it lives in its own run)."""
@@ -156,6 +290,7 @@ class Method(nn.Module):
 
 
 def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
+    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``."""
     lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -175,10 +310,7 @@ def make_params(cls: type, values: dict[str, Any], method: str) -> Any:
         if value is None:
             continue
         if key not in fields:
-            import difflib
-
-            close = difflib.get_close_matches(key, list(fields), n=2)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, list(fields), n=2, cutoff=0.6)
             raise KDError(f"method {method!r} has no parameter {key!r}.{hint} Valid: {', '.join(fields) or 'none'}.")
         kwargs[key] = _coerce(value, hints.get(key), key, method)
     return cls(**kwargs)
@@ -186,6 +318,11 @@ def make_params(cls: type, values: dict[str, Any], method: str) -> Any:
 
 def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # ``float | None``: None stays None, else the inner type
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, inner[0], key, method) if len(inner) == 1 else value
     try:
         if hint is bool and isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -206,3 +343,8 @@ def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy of a batch as a 0-d tensor (no host sync)."""
     return (logits.argmax(dim=1) == labels).float().mean()
+
+
+def agreement(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Share of a batch on which two models' top-1 classes agree, as a 0-d tensor (no gradient, no host sync)."""
+    return accuracy(logits.detach(), teacher_logits.detach().argmax(dim=1))

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from kdcli.checkpoint import FORMAT_VERSION, load_tensors
 from kdcli.errors import KDError
 from kdcli.models.base import ModelSpec
 from kdcli.registry import Registry
@@ -88,8 +89,6 @@ def create_generator(name: str, channels: int, image_size: int, num_classes: int
 
 def load_generator(path: Path, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
     """Rebuild a saved generator from its safetensors file alone (eval mode)."""
-    from kdcli.checkpoint import FORMAT_VERSION, load_tensors
-
     tensors, metadata = load_tensors(path)
     if metadata.get("kd_format") != FORMAT_VERSION or "spec" not in metadata:
         raise KDError(f"{path} is not a kd checkpoint (no kd metadata)")

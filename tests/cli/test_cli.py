@@ -32,7 +32,7 @@ def test_train_distill_evaluate_end_to_end(tmp_path):
     assert result["metrics"]["test"]["student"]["top1"] > 0.7
     e = kd("evaluate", "t", "s", "--json", "--no-latency")
     assert e.exit_code == 0, e.output
-    rows = json.loads(e.output)
+    rows = json.loads(e.output)["models"]
     assert [(r["run"], r["role"]) for r in rows] == [("t", "teacher"), ("s", "student")]
     assert rows[1]["agreement"] == pytest.approx(result["metrics"]["agreement"]["student"])
     assert rows[1]["top1"] == pytest.approx(result["metrics"]["test"]["student"]["top1"])

@@ -9,6 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdcli.cli import app
+from kdcli.pictures import row_label_margin
 
 runner = CliRunner()
 
@@ -63,7 +64,8 @@ def test_synthesize_then_distill_from_the_set(teacher, tmp_path):
     info = json.loads((tmp_path / "set" / "synthetic.json").read_text())
     assert info["method"] == "zskd" and info["teacher"]["run"] == str(teacher.resolve())
     picture = Image.open(tmp_path / "set" / "samples.png")
-    assert picture.size == ((8 * 9 + 1) * 8, (10 * 9 + 1) * 8)  # 10 class rows × 8 digits of 8×8 px, ×8
+    margin = row_label_margin([str(k) for k in range(10)], row_height=9 * 8)  # rows labelled 0..9
+    assert picture.size == (margin + (8 * 9 + 1) * 8, (10 * 9 + 1) * 8)  # 10 class rows × 8 digits of 8×8 px, ×8
     student = kd(
         "distill-datafree",
         "--teacher",
@@ -125,6 +127,7 @@ def test_synthesize_with_a_generator_saves_it(teacher, tmp_path):
 
 
 def test_record_metadata_then_lopes(teacher, tmp_path):
+    (teacher / "metadata.safetensors").unlink()  # an older teacher run: trained before kd recorded statistics
     missing = kd("distill-datafree", "--teacher", str(teacher), "--method", "lopes", "--device", "cpu", "--out", "x")
     _assert_clean_error(missing, f"kd record-metadata --teacher {teacher}", tmp_path, "x")
     recorded = kd("record-metadata", "--teacher", str(teacher), "--device", "cpu", "--json")

@@ -7,9 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kdcli.cli import app
-from kdcli.cli.common import resolve_config
-from kdcli.cli.distill_online import online_methods, resolve_method
-from kdcli.methods.online import preset_for
+from kdcli.presets import methods_of, resolve_config
+
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--device", "cpu"]
@@ -21,7 +20,7 @@ def kd(*args: str):
 
 def test_help_lists_the_command_and_its_methods():
     assert "distill-online" in kd("--help").output
-    assert {"dml", "cl", "one", "okddip", "independent"} <= set(online_methods())
+    assert {"dml", "cl", "one", "okddip", "independent"} <= set(methods_of("distill-online"))
     result = kd("distill-online", "--help")
     assert result.exit_code == 0 and "--split-at" in result.output and "--preset" in result.output
 
@@ -37,7 +36,7 @@ def test_run_then_evaluate_shows_the_same_rows_and_baseline_rows(tmp_path):
     assert result["params"]["detach_targets"] is False and result["params"]["split_at"] == "stage3"
     assert result["primary"] == "leader"
     assert [row["role"] for row in result["baseline"]] == ["base:peer0", "base:peer1", "base:ensemble"]
-    evaluated = json.loads(kd("evaluate", "base", "ok", "--json", "--no-latency").output)
+    evaluated = json.loads(kd("evaluate", "base", "ok", "--json", "--no-latency").output)["models"]
     assert [(Path(r["run"]).name, r["role"]) for r in evaluated] == [
         ("base", "peer0"), ("base", "peer1"), ("base", "ensemble"),
         ("ok", "peer0"), ("ok", "peer1"), ("ok", "peer2"), ("ok", "leader"), ("ok", "ensemble"),
@@ -48,7 +47,7 @@ def test_run_then_evaluate_shows_the_same_rows_and_baseline_rows(tmp_path):
 
 @pytest.mark.parametrize("method", ["dml", "cl", "one", "okddip", "independent"])
 def test_paper_preset_is_the_papers_protocol(method):
-    config = resolve_config("distill-online", method, preset_for(resolve_method(method), "paper"), None, {}, {})
+    config = resolve_config("distill-online", method, preset="paper")
     assert config.model == "resnet32" and config.optim.lr == 0.1 and config.optim.schedule == "step"
     assert config.optim.momentum == 0.9 and config.optim.gamma == 0.1
     epochs, milestones = (200, [60, 120, 180]) if method in ("dml", "independent") else (300, [150, 225])
@@ -59,7 +58,7 @@ def test_paper_preset_is_the_papers_protocol(method):
         assert config.method_params["update"] == "alternating"  # the paper's Algorithm 1
     assert config.optim.weight_decay == (1e-4 if method == "one" else 5e-4)
     # flags still win over the preset
-    config = resolve_config("distill-online", method, preset_for(resolve_method(method), "paper"), None, {"epochs": 3}, {})
+    config = resolve_config("distill-online", method, preset="paper", flags={"epochs": 3})
     assert config.train.epochs == 3
 
 

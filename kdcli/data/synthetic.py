@@ -19,30 +19,21 @@ import json
 import os
 import shutil
 import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from kdcli.checkpoint import FORMAT_VERSION, load_tensors, save_tensors
 from kdcli.errors import KDError
+from kdcli.pictures import image_grid
 
 SET_FILE = "synthetic.json"
 SAMPLES_FILE = "samples.png"
 SHARD_SIZE = 10_000
 SAMPLES_PER_CLASS = 8
 DTYPES = ("uint8", "float16")
-
-_quiet = False
-
-
-def set_quiet(quiet: bool) -> None:
-    """Silence synthesis progress bars (``--quiet`` / ``--json``)."""
-    global _quiet
-    _quiet = quiet
 
 
 @dataclass
@@ -105,39 +96,6 @@ def soft_targets(
 
 
 # ---------------------------------------------------------------------------------------------
-# Progress
-
-
-@contextmanager
-def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress bar on stderr; yields ``advance(k)``. Silent under :func:`set_quiet`."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from kdcli.engine import console
-
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=_quiet,
-    )
-    with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda k: bar.advance(task, k)
-
-
-# ---------------------------------------------------------------------------------------------
 # Disk
 
 
@@ -157,6 +115,7 @@ def write_set(
     dtype: str = "uint8",
     extra: Callable[[Path], dict[str, str]] | None = None,
     shard_size: int = SHARD_SIZE,
+    class_names: Sequence[str] = (),
 ) -> Path:
     """Write ``data`` as a set folder (shards, ``synthetic.json``, ``samples.png``), atomically.
 
@@ -166,6 +125,7 @@ def write_set(
         num_classes: rows of ``samples.png``.
         dtype: ``uint8`` (pixels clipped to 0..255) or ``float16`` (pixel units, unclipped).
         extra: writes further files into the (temporary) folder and returns ``{name: file}`` for the json.
+        class_names: row labels of ``samples.png`` (the class index where missing).
     """
     if dtype not in DTYPES:
         raise KDError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
@@ -188,7 +148,7 @@ def write_set(
                 {"kd_format": FORMAT_VERSION, "kind": "synthetic-shard"},
             )
             shards.append({"file": name, "count": stop - start})
-        write_samples_png(tmp / SAMPLES_FILE, data.pixels(), data.classes, num_classes)
+        write_samples_png(tmp / SAMPLES_FILE, data.pixels(), data.classes, num_classes, class_names)
         files = extra(tmp) if extra is not None else {}
         counts = torch.bincount(data.classes.long(), minlength=num_classes).tolist()
         info = {
@@ -249,125 +209,20 @@ def read_set(path: str | Path) -> tuple[SyntheticSet, dict[str, Any]]:
 
 
 def write_samples_png(
-    path: Path, pixels: torch.Tensor, classes: torch.Tensor, num_classes: int, per_class: int = SAMPLES_PER_CLASS
+    path: Path, pixels: torch.Tensor, classes: torch.Tensor, num_classes: int, class_names: Sequence[str] = (),
+    per_class: int = SAMPLES_PER_CLASS,
 ) -> None:
-    """``samples.png``: row ``c`` shows the first ``per_class`` images aimed at class ``c`` (blank if fewer)."""
-    from kdcli.report import image_grid
-
+    """``samples.png``: row ``c`` shows the first ``per_class`` images aimed at class ``c`` (blank if fewer),
+    labelled in a left margin with ``class_names[c]``, or ``c`` where there is no name."""
     c, h, w = pixels.shape[1:]
     grid = torch.ones(num_classes * per_class, c, h, w)
     for k in range(num_classes):
         index = (classes == k).nonzero().flatten()[:per_class]
         grid[k * per_class : k * per_class + len(index)] = pixels[index].float().clamp(0, 1).cpu()
-    image_grid(grid, rows=num_classes, path=path, scale=max(1, min(8, 96 // h)))
+    labels = [str(class_names[k]) if k < len(class_names) and class_names[k] else str(k) for k in range(num_classes)]
+    image_grid(grid, rows=num_classes, path=path, scale=max(1, min(8, 96 // h)), row_labels=labels)
 
 
 def class_order(n: int, num_classes: int) -> torch.Tensor:
     """``[0, 1, …, K−1, 0, 1, …]``: aimed classes for ``n`` impressions, balanced and interleaved."""
     return torch.arange(n) % num_classes
-
-
-class Timer:
-    """Wall time of a block (synchronising CUDA so device work is counted)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds = 0.0
-
-    def __enter__(self) -> "Timer":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds = time.perf_counter() - self._t0
-
-
-# ---------------------------------------------------------------------------------------------
-# `kd synthesize`
-
-
-def synthesize(
-    config: Any,
-    n: int,
-    out: str | Path,
-    *,
-    dtype: str | None = None,
-    overwrite: bool = False,
-    argv: list[str] | None = None,
-) -> dict[str, Any]:
-    """Make a transfer set of ``n`` samples with ``config.method`` from ``config.teacher`` and write it to ``out``.
-
-    Input-optimisation methods (zskd, lopes, deepinversion) synthesise directly; generator methods
-    (dafl, zskt) first train their generator (and student) on the engine, then sample from it.
-    Only the teacher run and the test split's metadata are read: never the training data.
-    """
-    from kdcli.engine import RunWriter, fit
-    from kdcli.methods import MethodContext
-    from kdcli.methods.transfer import GeneratorDistill, TransferSetDistill
-    from kdcli.run import build, versions
-
-    if n <= 0:
-        raise KDError(f"-n must be positive (got {n})")
-    out_path = check_out_dir(out, overwrite)
-    built = build(config)
-    cls = built.method_cls
-    if not issubclass(cls, (TransferSetDistill, GeneratorDistill)):
-        raise KDError(f"method {config.method!r} does not synthesise data; use one of the data-free methods")
-    dtype = dtype or cls.default_dtype
-    if dtype not in DTYPES:
-        raise KDError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    torch.manual_seed(config.train.seed)
-    if built.device.type == "cuda":
-        torch.cuda.manual_seed_all(config.train.seed)
-    ctx = MethodContext(config, built.info, built.device, 0, built.teacher, built.teacher_meta)
-    extra = None
-    result: dict[str, Any] = {}
-    if issubclass(cls, GeneratorDistill):
-        method = cls(ctx, built.params)
-        ctx.steps_per_epoch = method.steps_per_epoch() or 0
-        fitted = fit(
-            method, config, None, None, built.test_set, built.info, built.device, RunWriter(None), quiet=_quiet
-        )
-        result["student_test_top1"] = fitted.test["student"]["top1"]
-        result["train_wall_time_s"] = round(fitted.wall_time_s, 3)
-        with Timer(built.device) as timer:
-            data = method.sample_set(n)
-        extra = method.save_generator
-    else:
-        cls.check_teacher(ctx, built.params)
-        with Timer(built.device) as timer:
-            data = cls.synthesize(ctx, built.params, n)
-    rate = len(data) / max(timer.seconds, 1e-9)
-    if hasattr(built.params, "n"):
-        built.params.n = n  # what was made, not the preset's default
-    description = {
-        "method": config.method,
-        "params": vars(built.params),
-        "teacher": {
-            "run": str(Path(built.teacher_meta["run"]).resolve()),
-            "role": built.teacher_meta["role"],
-            "spec": built.teacher_meta["spec"],
-        },
-        "dataset": built.info.to_dict(),
-        "config": config.to_dict(),
-        "seed": config.train.seed,
-        "device": str(built.device),
-        "synthesis_s": round(timer.seconds, 3),
-        "samples_per_s": round(rate, 2),
-        "class_source": "teacher argmax" if issubclass(cls, GeneratorDistill) else "aimed",
-        "argv": argv or [],
-        "versions": versions(),
-        **result,
-    }
-    write_set(out_path, data, description, built.info.num_classes, dtype, extra)
-    return {
-        **description,
-        "out": str(out_path),
-        "count": len(data),
-        "dtype": dtype,
-        "teacher_agreement": float((data.soft_targets.argmax(1) == data.classes).float().mean()),
-    }

@@ -1,7 +1,8 @@
 """Lopes, Fenu, Starner (2017), "Data-Free Knowledge Distillation for Deep Neural Networks"
 (NIPS workshop; arXiv:1710.07535).
 
-At teacher-training time per-class activation statistics are recorded (:mod:`kdcli.metadata`).
+At teacher-training time per-class activation statistics are recorded
+(:mod:`kdcli.methods.datafree.lopes_statistics`, through the ``record_teacher_statistics`` hook).
 Inputs are then reconstructed from noise: for an impression aimed at class ``c``, targets are drawn
 from class ``c``'s Gaussians and Adam on the pixels minimises the official code's objective
 ``Σ_l mean((relu(target_l) − relu(act_l))²) / D_l`` over the matched layers, clipping to [0, 1]
@@ -18,16 +19,19 @@ The student is distilled on the reconstructions with the teacher's softmax at T 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from kdcli import metadata
+from kdcli.data.base import DatasetInfo, ImageSet
+from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.errors import KDError
-from kdcli.methods.base import MethodContext
+from kdcli.methods.base import Preset, register_method
+from kdcli.methods.datafree import lopes_statistics as statistics
+from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
 from kdcli.methods.losses import activation_match_loss
-from kdcli.methods.transfer import TransferSetDistill, finish_set, optimise_pixels
-from kdcli.synthetic import SyntheticSet, class_order
 
 
 @dataclass
@@ -55,12 +59,13 @@ class LopesParams:
     synth_batch: int = 2000
 
 
+@register_method("lopes", command="distill-datafree",
+                 help="Lopes et al. 2017: reconstructions from recorded activation statistics")
 class Lopes(TransferSetDistill):
     """Reconstructions matching sampled activation statistics, then KD at T = 8. Parts: ``loss``, ``agree``."""
 
-    name = "lopes"
     Params = LopesParams
-    PRESETS: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
                 "epochs": 30,
@@ -89,19 +94,29 @@ class Lopes(TransferSetDistill):
                 "method": {"n": 24000, "iterations": 1000, "lr_input": 0.07},
             },
         },
-    }
+    })
 
     @classmethod
-    def check_teacher(cls, ctx: MethodContext, params: LopesParams) -> None:
-        if params.objective not in metadata.OBJECTIVES:
-            raise KDError(metadata.unknown_objective(params.objective))
-        metadata.load(f"{ctx.teacher_meta['run']}:{ctx.teacher_meta['role']}")
+    def record_teacher_statistics(
+        cls, run_dir: Path, role: str, teacher: nn.Module, train_set: ImageSet, info: DatasetInfo,
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """Record the per-class activation statistics of a new teacher (``metadata.safetensors``)."""
+        return {"metadata": statistics.record(run_dir, role, teacher, train_set, info, device)}
 
-    @classmethod
-    def synthesize(cls, ctx: MethodContext, params: LopesParams, n: int) -> SyntheticSet:
-        cls.check_teacher(ctx, params)
+    def check_teacher(self) -> None:
+        if self.params.objective not in statistics.OBJECTIVES:
+            raise KDError(statistics.unknown_objective(self.params.objective))
+        self._statistics()
+
+    def _statistics(self) -> statistics.Metadata:
+        return statistics.load(f"{self.ctx.teacher_meta['run']}:{self.ctx.teacher_meta['role']}")
+
+    def synthesize(self, n: int) -> SyntheticSet:
+        ctx, params = self.ctx, self.params
+        self.check_teacher()
         info = ctx.info
-        stats = metadata.load(f"{ctx.teacher_meta['run']}:{ctx.teacher_meta['role']}").to(ctx.device)
+        stats = self._statistics().to(ctx.device)
         classes = class_order(n, info.num_classes)
         targets = stats.sample_targets(params.objective, classes)
         rectify = params.objective in ("top_layer", "all_layers")
@@ -109,7 +124,7 @@ class Lopes(TransferSetDistill):
         init = (mean + params.init_std * torch.randn(n, info.channels, info.image_size, info.image_size)).clamp(0, 1)
 
         def loss_fn(images: torch.Tensor, rows: slice) -> torch.Tensor:
-            blocks = stats.blocks(params.objective, metadata.layer_units(ctx.teacher, images))
+            blocks = stats.blocks(params.objective, statistics.layer_units(ctx.teacher, images))
             wanted = [t[rows] for t in targets]
             return activation_match_loss(blocks, wanted, [rectify] * len(blocks))
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import peer_kl, stacked_cross_entropy
-from kdcli.methods.online import (
+from kdcli.methods.online.common import (
+    QUICK,
     BranchRunner,
     BranchView,
     build_branched,
@@ -21,6 +22,7 @@ from kdcli.methods.online import (
     paper_preset,
     ramp_at,
     resolve_ramp,
+    resolve_split,
 )
 from kdcli.models.branched import BranchedNet
 
@@ -43,6 +45,8 @@ class ONEParams:
     ramp_epochs: float | None = None
 
 
+@register_method("one", command="distill-online",
+                 help="On-the-fly Native Ensemble, Lan et al. 2018: gated branches teach each branch")
 class ONE(Method):
     """``Σ_i CE(z_i) + CE(z_e) + w(t)·Σ_i T²·KL(σ(z_e/T) ‖ σ(z_i/T))`` with ``z_e = Σ_i g_i z_i`` detached in the KL.
 
@@ -52,22 +56,25 @@ class ONE(Method):
     network, saved whole with its gate as model ``branched``).
     """
 
-    name = "one"
     Params = ONEParams
     primary = "branch0"
-    presets: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = {
+        "quick": QUICK,
         # ONE's scripts: SGD momentum 0.9, lr 0.1, batch 128, 300 epochs, ÷10 at 150/225, wd 1e-4.
         "paper": paper_preset(300, 128, [150, 225], 1e-4, nesterov=False, ramp_epochs=80.0),
     }
 
-    def __init__(self, ctx: MethodContext, params: ONEParams) -> None:
-        super().__init__(ctx, params)
-        check_count(self.name, "branches", params.peers)
+    @classmethod
+    def resolve_params(cls, params: ONEParams, ctx: MethodContext) -> ONEParams:
+        check_count(cls.name, "branches", params.peers)
         if params.temperature <= 0:
             raise KDError(f"--temperature must be positive (got {params.temperature})")
-        params.ramp_epochs = resolve_ramp(params.ramp_epochs, ctx.epochs)
-        net = build_branched(ctx, self.name, params.peers, params.split_at, gate=True)
-        params.split_at = net.spec.kwargs["split_at"]
+        return replace(params, ramp_epochs=resolve_ramp(params.ramp_epochs, ctx.epochs),
+                       split_at=resolve_split(ctx, cls.name, params.split_at))
+
+    def __init__(self, ctx: MethodContext, params: ONEParams) -> None:
+        super().__init__(ctx, params)
+        net = build_branched(ctx, params.peers, params.split_at, gate=True)
         self.runner = BranchRunner(net)
 
     @property

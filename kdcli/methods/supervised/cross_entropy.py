@@ -1,23 +1,31 @@
-"""Supervised training of one model: what `kd train-teacher` runs."""
+"""Supervised training of one model on the labels: what `kd train-teacher` runs."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.methods.base import Batch, Method, MethodContext, NoParams, accuracy
+from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Batch, Method, MethodContext, NoParams, Preset, accuracy, register_method
 from kdcli.models import create_model
 
 
+@register_method("supervised", command="train-teacher", help="cross-entropy on labels (kd train-teacher)")
 class Supervised(Method):
     """Cross-entropy on the labels. Loss parts: ``loss`` (= ``ce``), ``acc``."""
 
-    name = "supervised"
     Params = NoParams
     primary = "teacher"
+    produces_teacher = True
+    presets: ClassVar[dict[str, Preset]] = {
+        # tuned on digits: a ResNet-20 reaches ~98 % in ~10 s on a laptop CPU
+        "quick": {"*": {"model": "resnet20", "epochs": 30, "lr": 0.1, "batch_size": 64,
+                        "no_batchnorm": GENTLE_WITHOUT_BATCHNORM}},
+    }
 
-    def __init__(self, ctx: MethodContext, params: NoParams, role: str = "teacher") -> None:
+    def __init__(self, ctx: MethodContext, params: Any, role: str = "teacher") -> None:
         super().__init__(ctx, params)
         info = ctx.info
         self.role = role

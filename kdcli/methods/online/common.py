@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Method, MethodContext
+from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Method, MethodContext, Preset
 from kdcli.methods.losses import mean_probability_logits, rampup_weight
 from kdcli.models import StagedNet, create_model
-from kdcli.models.branched import BranchedNet
+from kdcli.models.branched import BranchedNet, split_index
 
 # The papers' ramp-up: w reaches 1 at epoch 80 of 300 (ONE, OKDDip). A shorter run keeps the ratio.
 PAPER_RAMP_EPOCHS = 80.0
@@ -47,16 +47,21 @@ def build_peers(ctx: MethodContext, archs: list[str]) -> nn.ModuleList:
     return nn.ModuleList(create_model(arch, info.channels, info.image_size, info.num_classes) for arch in archs)
 
 
-def build_branched(ctx: MethodContext, method: str, branches: int, split_at: str, gate: bool) -> BranchedNet:
-    """The method's multi-branch net on ``--model``, split at ``--split-at``."""
+def resolve_split(ctx: MethodContext, method: str, split_at: str) -> str:
+    """``--split-at`` as the stage it names (``""`` = the last stage of ``--model``), checked against the model."""
     if ctx.config.models:
         raise KDError(f"{method} builds its branches from one --model; --models is for dml and independent")
     info = ctx.info
-    net = create_model("branched", info.channels, info.image_size, info.num_classes,
-                       base=ctx.config.model, split_at=split_at, branches=branches, gate=gate)
-    # Record the resolved stage ("" = last) so the spec says exactly where the split is.
-    net.spec.kwargs["split_at"] = f"stage{net.split + 1}"
-    return net  # type: ignore[return-value]
+    with torch.random.fork_rng(devices=[]):  # a probe: resolving must not move the run's random state
+        stages = len(create_model(ctx.config.model, info.channels, info.image_size, info.num_classes).stages)
+    return f"stage{split_index(ctx.config.model, stages, split_at) + 1}"
+
+
+def build_branched(ctx: MethodContext, branches: int, split_at: str, gate: bool) -> BranchedNet:
+    """The method's multi-branch net on ``--model``, split at the resolved stage ``split_at``."""
+    info = ctx.info
+    return create_model("branched", info.channels, info.image_size, info.num_classes,  # type: ignore[return-value]
+                        base=ctx.config.model, split_at=split_at, branches=branches, gate=gate)
 
 
 def resolve_ramp(ramp_epochs: float | None, epochs: int) -> float:
@@ -157,29 +162,22 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def preset_for(method_cls: Any, name: str) -> dict[str, Any]:
-    """A method's ``--preset``: ``quick`` (short default) or ``paper`` (the paper's protocol)."""
-    presets = {"quick": QUICK_PRESET, **getattr(method_cls, "presets", {})}
-    if name not in presets:
-        raise KDError(f"method {method_cls.name!r} has no {name!r} preset (it has: {', '.join(presets) or 'none'})")
-    return presets[name]
-
-
-# The short default of `kd distill-online` (a method may override it): seconds on digits on a CPU.
-QUICK_PRESET: dict[str, Any] = {"model": "lenet5", "epochs": 20, "lr": 0.05, "batch_size": 64, "schedule": "cosine"}
+# The short default of every `kd distill-online` method: seconds on digits on a CPU.
+QUICK: Preset = {"*": {"model": "lenet5", "epochs": 20, "lr": 0.05, "batch_size": 64, "schedule": "cosine",
+                       "no_batchnorm": GENTLE_WITHOUT_BATCHNORM}}
 
 
 def paper_preset(epochs: int, batch_size: int, milestones: list[int], weight_decay: float, nesterov: bool,
-                 **method: Any) -> dict[str, Any]:
+                 **method: Any) -> Preset:
     """The CIFAR protocol every online paper shares in shape: ResNet-32, SGD momentum 0.9, lr 0.1, ÷10 steps."""
-    preset: dict[str, Any] = {
+    values: dict[str, Any] = {
         "model": "resnet32", "epochs": epochs, "batch_size": batch_size, "lr": 0.1, "optimizer": "sgd",
         "momentum": 0.9, "nesterov": nesterov, "weight_decay": weight_decay, "schedule": "step",
-        "milestones": milestones, "gamma": 0.1, "warmup_epochs": 0.0,
+        "milestones": milestones, "gamma": 0.1, "warmup_epochs": 0.0, "no_batchnorm": GENTLE_WITHOUT_BATCHNORM,
     }
     if method:
-        preset["method"] = method
-    return preset
+        values["method"] = method
+    return {"*": values}
 
 
 class SharedTrunkMethod(Method):

@@ -17,13 +17,13 @@ One engine step = one pseudo-batch. Loss parts: ``loss`` (student), ``generator`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from kdcli.methods.base import Batch, MethodContext, build_optimizer
+from kdcli.methods.base import Batch, MethodContext, Preset, build_optimizer, register_method, agreement
+from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import at_loss, zskt_divergence
-from kdcli.methods.transfer import GeneratorDistill, student_for
 from kdcli.models.generator import create_generator
 
 
@@ -52,12 +52,13 @@ class ZSKTParams:
     iterations: int = 100
 
 
+@register_method("zskt", command="distill-datafree",
+                 help="Micaelli & Storkey 2019: adversarial generator, KL + attention transfer")
 class ZSKT(GeneratorDistill):
     """Adversarial generator vs student, with attention transfer on the student's side."""
 
-    name = "zskt"
     Params = ZSKTParams
-    PRESETS: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
                 "epochs": 20,
@@ -89,7 +90,7 @@ class ZSKT(GeneratorDistill):
                 "method": {"iterations": 1000},
             },
         },
-    }
+    })
 
     def __init__(self, ctx: MethodContext, params: ZSKTParams) -> None:
         super().__init__(ctx, params)
@@ -106,7 +107,7 @@ class ZSKT(GeneratorDistill):
         ]
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        generator_opt, student_opt = self.optimizers
+        generator_opt, student_opt = self.optimizers()
         p = self.params
         z = self.latent()
         for _ in range(p.generator_steps):
@@ -128,7 +129,7 @@ class ZSKT(GeneratorDistill):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), p.grad_clip)
             student_opt.step()
-        agree = (student_logits.detach().argmax(1) == teacher_logits.argmax(1)).float().mean()
+        agree = agreement(student_logits, teacher_logits)
         return {
             "loss": loss.detach(),
             "generator": -divergence.detach(),

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, MethodContext, accuracy
+from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import attention_targets, peer_kl, stacked_cross_entropy
-from kdcli.methods.online import (
+from kdcli.methods.online.common import (
+    QUICK,
     BranchRunner,
     SharedTrunkMethod,
     build_branched,
@@ -20,6 +21,7 @@ from kdcli.methods.online import (
     paper_preset,
     ramp_at,
     resolve_ramp,
+    resolve_split,
 )
 from kdcli.models.branched import BranchedNet
 
@@ -50,6 +52,8 @@ class OKDDipParams:
     detach_targets: bool = True
 
 
+@register_method("okddip", command="distill-online",
+                 help="Online KD with Diverse Peers, Chen et al. 2020: attention peers + leader")
 class OKDDip(SharedTrunkMethod):
     """``Σ_i CE(z_i) + CE(z_L) + w(t)·[Σ_i T²·KL(σ(t_i/T) ‖ σ(z_i/T)) + T²·KL(σ(z̄/T) ‖ σ(z_L/T))]``.
 
@@ -61,25 +65,28 @@ class OKDDip(SharedTrunkMethod):
     peers are saved too so ``kd evaluate`` shows the training table's rows.
     """
 
-    name = "okddip"
     Params = OKDDipParams
     primary = "leader"
     role_prefix = "peer"
-    presets: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = {
+        "quick": QUICK,
         # OKDDip: 300 epochs, batch 128, SGD Nesterov, lr 0.1 ÷10 at 150/225, wd 5e-4.
         "paper": paper_preset(300, 128, [150, 225], 5e-4, nesterov=True, ramp_epochs=80.0),
     }
 
-    def __init__(self, ctx: MethodContext, params: OKDDipParams) -> None:
-        super().__init__(ctx, params)
-        check_count(self.name, "auxiliary peers", params.peers)
+    @classmethod
+    def resolve_params(cls, params: OKDDipParams, ctx: MethodContext) -> OKDDipParams:
+        check_count(cls.name, "auxiliary peers", params.peers)
         if params.temperature <= 0:
             raise KDError(f"--temperature must be positive (got {params.temperature})")
         if params.projection_ratio < 1:
             raise KDError(f"okddip: projection_ratio must be ≥ 1 (got {params.projection_ratio})")
-        params.ramp_epochs = resolve_ramp(params.ramp_epochs, ctx.epochs)
-        net = build_branched(ctx, self.name, params.peers + 1, params.split_at, gate=False)
-        params.split_at = net.spec.kwargs["split_at"]
+        return replace(params, ramp_epochs=resolve_ramp(params.ramp_epochs, ctx.epochs),
+                       split_at=resolve_split(ctx, cls.name, params.split_at))
+
+    def __init__(self, ctx: MethodContext, params: OKDDipParams) -> None:
+        super().__init__(ctx, params)
+        net = build_branched(ctx, params.peers + 1, params.split_at, gate=False)
         self.runner = BranchRunner(net)
         width = net.embed_dim
         self.query = nn.Linear(width, max(1, width // params.projection_ratio), bias=False)

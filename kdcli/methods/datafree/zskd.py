@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from kdcli.methods.base import MethodContext
+from kdcli.data.synthetic import SyntheticSet, class_order
+from kdcli.methods.base import Preset, register_method
 from kdcli.methods.losses import class_similarity, sample_dirichlet_targets
-from kdcli.methods.transfer import TransferSetDistill, finish_set, optimise_pixels
-from kdcli.synthetic import SyntheticSet, class_order
+from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
 
 
 @dataclass
@@ -53,12 +53,12 @@ class ZSKDParams:
     synth_batch: int = 2000
 
 
+@register_method("zskd", command="distill-datafree", help="Nayak et al. 2019: Dirichlet data impressions at T=20")
 class ZSKD(TransferSetDistill):
     """Data impressions from Dirichlet-sampled soft targets, then KD at T = 20. Parts: ``loss``, ``agree``."""
 
-    name = "zskd"
     Params = ZSKDParams
-    PRESETS: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
                 "epochs": 30,
@@ -96,10 +96,10 @@ class ZSKD(TransferSetDistill):
                 "method": {"n": 40000, "iterations": 1500, "lr_input": 0.001},
             },
         },
-    }
+    })
 
-    @classmethod
-    def synthesize(cls, ctx: MethodContext, params: ZSKDParams, n: int) -> SyntheticSet:
+    def synthesize(self, n: int) -> SyntheticSet:
+        ctx, params = self.ctx, self.params
         info = ctx.info
         similarity = class_similarity(ctx.teacher.classifier.weight.detach())
         classes = class_order(n, info.num_classes)

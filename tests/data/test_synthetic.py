@@ -8,7 +8,8 @@ from PIL import Image
 
 from kdcli.errors import KDError
 from kdcli.models.generator import GENERATORS, create_generator, load_generator
-from kdcli.synthetic import SAMPLES_PER_CLASS, SyntheticSet, normalise, read_set, to_pixels, write_set
+from kdcli.pictures import row_label_margin
+from kdcli.data.synthetic import SAMPLES_PER_CLASS, SyntheticSet, normalise, read_set, to_pixels, write_set
 
 
 def _set(n: int = 25, classes: int = 5, size: int = 6) -> SyntheticSet:
@@ -52,7 +53,9 @@ def test_samples_png_is_a_class_by_row_grid(tmp_path):
     picture.verify()
     picture = Image.open(tmp_path / "s" / "samples.png")
     scale = 96 // 6 if 96 // 6 <= 8 else 8
-    assert picture.size == ((SAMPLES_PER_CLASS * 7 + 1) * scale, (5 * 7 + 1) * scale)
+    margin = row_label_margin([str(k) for k in range(5)], row_height=7 * scale)  # rows labelled 0..4
+    assert margin > 0
+    assert picture.size == (margin + (SAMPLES_PER_CLASS * 7 + 1) * scale, (5 * 7 + 1) * scale)
     assert picture.mode == "L"
 
 
@@ -60,7 +63,7 @@ def test_existing_folder_is_replaced_whole_and_a_failed_write_leaves_nothing(tmp
     write_set(tmp_path / "s", _set(10), {"v": 1}, num_classes=5)
     write_set(tmp_path / "s", _set(12), {"v": 2}, num_classes=5)
     assert json.loads((tmp_path / "s" / "synthetic.json").read_text())["v"] == 2
-    import kdcli.synthetic as synthetic
+    import kdcli.data.synthetic as synthetic
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -4,10 +4,12 @@ Two families, both driven by the engine's one loop (``needs_data = False``, so t
 never loaded):
 
 * :class:`TransferSetDistill`: ZSKD, Lopes et al., DeepInversion. The transfer set is synthesised on
-  the device when the method is built (or loaded with ``synthetic=DIR``), kept there, and each step
-  distils on one shuffled batch of it: the teacher's soft targets at T, T² scaling.
+  the device in :meth:`~TransferSetDistill.prepare` (or loaded with ``synthetic=DIR``), kept there,
+  and each step distils on one shuffled batch of it: the teacher's soft targets at T, T² scaling.
+  ``kd synthesize`` calls their :meth:`~TransferSetDistill.synthesize` directly.
 * :class:`GeneratorDistill`: DAFL, ZSKT. A generator and the student train together; the method
-  steps its own two optimizers (``manual_optimization``).
+  steps its own two optimizers (``manual_optimization``). ``kd synthesize`` trains them on the
+  engine, then samples the generator.
 
 Both write their by-products into the run through ``write_artifacts`` (the synthetic set and its
 ``samples.png``, or ``generator.safetensors``).
@@ -22,15 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli import synthetic
+from kdcli import progress
+from kdcli.checkpoint import save_model
+from kdcli.data import synthetic
 from kdcli.data.loader import seeded_generator
+from kdcli.data.synthetic import SyntheticSet
+from kdcli.device import Timer, autocast, resolve_precision
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, agreement
 from kdcli.methods.losses import kd_loss
 from kdcli.models import create_model
-from kdcli.synthetic import SyntheticSet
 
 SHIFT_PADDING = 2  # pixels a transfer-set image may move when --augment includes crop
+STUDENT = "lenet5-half"  # the data-free papers' MNIST student: every data-free preset's default --model
+
+
+def with_student(presets: dict[str, Preset]) -> dict[str, Preset]:
+    """A data-free method's presets, each entry starting from the default student (``--model`` still wins)."""
+    return {name: {dataset: {"model": STUDENT, **values} for dataset, values in table.items()}
+            for name, table in presets.items()}
 
 
 def student_for(ctx: MethodContext) -> nn.Module:
@@ -58,17 +70,40 @@ class TransferSetDistill(Method):
     """Distil on a synthetic transfer set kept on the device. Loss parts: ``loss`` (= ``soft``), ``agree``.
 
     Subclasses implement :meth:`synthesize` (``n`` impressions on the device, in batches) and may
-    override :meth:`check_teacher` (refuse a teacher the method cannot invert).
+    override :meth:`check_teacher` (refuse a teacher the method cannot invert; called when the method
+    is built, before any work).
     """
 
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
     primary: ClassVar[str] = "student"
-    default_dtype: ClassVar[str] = "uint8"
+    synthesis: ClassVar[str] = "inputs"
 
     def __init__(self, ctx: MethodContext, params: Any) -> None:
         super().__init__(ctx, params)
         self.student = student_for(ctx)
+        if not params.synthetic:
+            if params.n <= 0:
+                raise KDError(f"-n must be positive (got {params.n})")
+            self.check_teacher()
+        self.batch_size = ctx.config.train.batch_size
+        augment = ctx.info.augment if ctx.config.data.augment == "auto" else ctx.config.data.augment
+        self.shift = SHIFT_PADDING if "crop" in augment else 0
+        self.flip = "flip" in augment
+        self.transfer: SyntheticSet | None = None
+        self._order: torch.Tensor | None = None
+
+    # -- what a subclass provides ------------------------------------------------------------------
+    def check_teacher(self) -> None:
+        """Raise KDError if this teacher cannot be used."""
+
+    def synthesize(self, n: int) -> SyntheticSet:
+        raise NotImplementedError
+
+    # -- the engine's side -----------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Synthesise the transfer set (or read ``synthetic=DIR``) and keep it on the device."""
+        ctx, params = self.ctx, self.params
         if params.synthetic:
             data, self.origin = synthetic.read_set(params.synthetic)
             expected = [ctx.info.channels, ctx.info.image_size, ctx.info.image_size]
@@ -79,12 +114,9 @@ class TransferSetDistill(Method):
                 )
             self.made_here = False
         else:
-            if params.n <= 0:
-                raise KDError(f"-n must be positive (got {params.n})")
-            self.check_teacher(ctx, params)
             torch.manual_seed(ctx.config.train.seed)
-            with synthetic.Timer(ctx.device) as timer:
-                data = self.synthesize(ctx, params, params.n)
+            with Timer(ctx.device) as timer:
+                data = self.synthesize(params.n)
             self.origin = {
                 "method": self.name,
                 "synthesis_s": round(timer.seconds, 3),
@@ -92,24 +124,10 @@ class TransferSetDistill(Method):
             }
             self.made_here = True
         self.transfer = data
+        self.batch_size = min(ctx.config.train.batch_size, len(data))
         # the set lives on the device as float16 pixels: uint8 sets convert exactly enough (< 1e-3)
         self.register_buffer("pixels", data.pixels().to(ctx.device, torch.float16), persistent=False)
-        self.batch_size = min(ctx.config.train.batch_size, len(data))
-        augment = ctx.info.augment if ctx.config.data.augment == "auto" else ctx.config.data.augment
-        self.shift = SHIFT_PADDING if "crop" in augment else 0
-        self.flip = "flip" in augment
-        self._order: torch.Tensor | None = None
 
-    # -- what a subclass provides ------------------------------------------------------------------
-    @classmethod
-    def check_teacher(cls, ctx: MethodContext, params: Any) -> None:
-        """Raise KDError if this teacher cannot be used (before any work is done)."""
-
-    @classmethod
-    def synthesize(cls, ctx: MethodContext, params: Any, n: int) -> SyntheticSet:
-        raise NotImplementedError
-
-    # -- the engine's side -----------------------------------------------------------------------
     def steps_per_epoch(self) -> int | None:
         return len(self.transfer) // self.batch_size
 
@@ -137,7 +155,7 @@ class TransferSetDistill(Method):
             teacher_logits = self.teacher(images)
         student_logits = self.student(images)
         loss = kd_loss(student_logits, teacher_logits, self.params.temperature)
-        agree = (student_logits.detach().argmax(1) == teacher_logits.argmax(1)).float().mean()
+        agree = agreement(student_logits, teacher_logits)
         return {"loss": loss, "agree": agree}
 
     def eval_models(self) -> dict[str, nn.Module]:
@@ -145,28 +163,22 @@ class TransferSetDistill(Method):
 
     def write_artifacts(self, run_dir: Path) -> dict[str, Any]:
         """Keep the transfer set with the run (``synthetic/``) and its preview as ``samples.png``."""
+        info = self.ctx.info
+        synthetic.write_samples_png(
+            run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes, info.num_classes,
+            info.class_names,
+        )
         if not self.made_here:
-            synthetic.write_samples_png(
-                run_dir / synthetic.SAMPLES_FILE,
-                self.transfer.pixels(),
-                self.transfer.classes,
-                self.ctx.info.num_classes,
-            )
             return {"synthetic": str(Path(self.params.synthetic).resolve()), "samples": synthetic.SAMPLES_FILE}
         description = {
             "method": self.name,
             "params": vars(self.params),
-            "dataset": self.ctx.info.to_dict(),
+            "dataset": info.to_dict(),
             "seed": self.ctx.config.train.seed,
             "device": str(self.ctx.device),
             **self.origin,
         }
-        synthetic.write_set(
-            run_dir / "synthetic", self.transfer, description, self.ctx.info.num_classes, self.default_dtype
-        )
-        synthetic.write_samples_png(
-            run_dir / synthetic.SAMPLES_FILE, self.transfer.pixels(), self.transfer.classes, self.ctx.info.num_classes
-        )
+        synthetic.write_set(run_dir / "synthetic", self.transfer, description, info.num_classes, self.synthesis_dtype)
         return {
             "synthetic": "synthetic",
             "samples": synthetic.SAMPLES_FILE,
@@ -192,13 +204,11 @@ def optimise_pixels(
     impressions of a chunk are independent and the chunk size only sets speed. After every step the
     pixels are mapped by ``project`` (clamp or rescale to [0, 1]). Returns float pixels on the CPU.
     """
-    from kdcli.engine import autocast, resolve_precision
-
     device = ctx.device
     dtype = resolve_precision(ctx.config.train.precision, device)
     out = torch.empty_like(init)
     n = init.shape[0]
-    with synthetic.progress(description, n * iterations) as advance:
+    with progress.track(description, n * iterations) as tracker:
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             x = init[rows].to(device).clone().requires_grad_(True)
@@ -212,7 +222,7 @@ def optimise_pixels(
                 with torch.no_grad():
                     x.copy_(project(x))
                 if (it + 1) % 50 == 0 or it + 1 == iterations:
-                    advance((rows.stop - rows.start) * (50 if (it + 1) % 50 == 0 else (it + 1) % 50))
+                    tracker.advance((rows.stop - rows.start) * (50 if (it + 1) % 50 == 0 else (it + 1) % 50))
             out[rows] = x.detach().cpu()
     return out
 
@@ -232,10 +242,14 @@ class GeneratorDistill(Method):
 
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
-    manual_optimization: ClassVar[bool] = True
     primary: ClassVar[str] = "student"
-    default_dtype: ClassVar[str] = "float16"  # generator output is not confined to the pixel range
+    synthesis: ClassVar[str] = "generator"
+    synthesis_dtype: ClassVar[str] = "float16"  # generator output is not confined to the pixel range
     generator: nn.Module
+
+    @property
+    def manual_optimization(self) -> bool:
+        return True
 
     def steps_per_epoch(self) -> int | None:
         return self.params.iterations
@@ -247,42 +261,39 @@ class GeneratorDistill(Method):
         return torch.randn(self.ctx.config.train.batch_size, self.params.latent_dim, device=self.ctx.device)
 
     @torch.no_grad()
-    def sample_set(self, n: int) -> SyntheticSet:
+    def synthesize(self, n: int) -> SyntheticSet:
         """``n`` generator samples, drawn in training-size batches with the generator in train mode
         (its BatchNorms use batch statistics, as during training); class = the teacher's argmax."""
-        from kdcli.engine import autocast, resolve_precision
-
         dtype = resolve_precision(self.ctx.config.train.precision, self.ctx.device)
         buffers = {k: v.clone() for k, v in self.generator.named_buffers()}  # BN running stats: left as trained
         self.generator.train()
         pixels, targets = [], []
         batch = self.ctx.config.train.batch_size
-        with synthetic.progress("sample generator", n) as advance:
+        with progress.track("sample generator", n) as tracker:
             for start in range(0, n, batch):
                 with autocast(self.ctx.device, dtype):
                     images = self.generator(self.latent())[: n - start].float()
                     logits = self.teacher(images).float()
                 pixels.append(synthetic.to_pixels(images, self.ctx.info.mean, self.ctx.info.std).cpu())
                 targets.append(torch.softmax(logits, 1).cpu())
-                advance(images.shape[0])
+                tracker.advance(images.shape[0])
         for name, value in self.generator.named_buffers():
             value.copy_(buffers[name])
         soft = torch.cat(targets)
         return SyntheticSet(torch.cat(pixels), soft, soft.argmax(1))
 
-    def save_generator(self, folder: Path) -> dict[str, str]:
-        from kdcli.checkpoint import save_model
-
+    def synthesis_files(self, folder: Path) -> dict[str, str]:
+        """The trained generator as ``generator.safetensors`` (rebuilt by ``kdcli.models.generator.load_generator``)."""
         save_model(folder / "generator.safetensors", self.generator, "generator", self.ctx.info.to_dict())
         return {"generator": "generator.safetensors"}
 
     def write_artifacts(self, run_dir: Path) -> dict[str, Any]:
-        """The trained generator as ``generator.safetensors`` (rebuilt by ``kdcli.models.generator.load_generator``)
-        and a preview of its samples as ``samples.png``."""
-        files = self.save_generator(run_dir)
-        rows = self.ctx.info.num_classes * synthetic.SAMPLES_PER_CLASS * 4
-        preview = self.sample_set(min(max(rows, self.ctx.config.train.batch_size), 4096))
+        """The trained generator and a preview of its samples as ``samples.png``."""
+        files = self.synthesis_files(run_dir)
+        info = self.ctx.info
+        rows = info.num_classes * synthetic.SAMPLES_PER_CLASS * 4
+        preview = self.synthesize(min(max(rows, self.ctx.config.train.batch_size), 4096))
         synthetic.write_samples_png(
-            run_dir / synthetic.SAMPLES_FILE, preview.pixels(), preview.classes, self.ctx.info.num_classes
+            run_dir / synthetic.SAMPLES_FILE, preview.pixels(), preview.classes, info.num_classes, info.class_names
         )
         return {**files, "samples": synthetic.SAMPLES_FILE}

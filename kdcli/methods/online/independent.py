@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import stacked_cross_entropy
-from kdcli.methods.online import MeanProbEnsemble, assemble_ensemble, build_peers, paper_preset, peer_architectures
+from kdcli.methods.online.common import (
+    QUICK,
+    MeanProbEnsemble,
+    assemble_ensemble,
+    build_peers,
+    paper_preset,
+    peer_architectures,
+)
 
 
 @dataclass
@@ -22,24 +29,29 @@ class IndependentParams:
     peers: int | None = None
 
 
+@register_method("independent", command="distill-online",
+                 help="baseline: the same K peers with no distillation term")
 class Independent(Method):
     """K peers trained side by side on the same batches with cross-entropy only: ``Σ_i CE(y, z_i)``.
 
     Parts: ``ce`` (mean over peers), ``acc`` (mean over peers). Rows: ``peer0..``, ``ensemble``.
     """
 
-    name = "independent"
     Params = IndependentParams
     primary = "peer0"
-    presets: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = {
+        "quick": QUICK,
         # The DML paper's CIFAR-100 protocol, so `independent` is DML's baseline under the same budget.
         "paper": paper_preset(200, 64, [60, 120, 180], 5e-4, nesterov=True),
     }
 
+    @classmethod
+    def resolve_params(cls, params: IndependentParams, ctx: MethodContext) -> IndependentParams:
+        return replace(params, peers=len(peer_architectures(ctx, cls.name, params.peers, minimum=1)))
+
     def __init__(self, ctx: MethodContext, params: IndependentParams) -> None:
         super().__init__(ctx, params)
         self.peers = build_peers(ctx, peer_architectures(ctx, self.name, params.peers, minimum=1))
-        params.peers = len(self.peers)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         images, labels = batch

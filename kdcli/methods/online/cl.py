@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, MethodContext, accuracy
+from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import consensus_of_others, peer_kl, stacked_cross_entropy
-from kdcli.methods.online import (
+from kdcli.methods.online.common import (
+    QUICK,
     BranchRunner,
     SharedTrunkMethod,
     build_branched,
     check_count,
     paper_preset,
+    resolve_split,
 )
 from kdcli.models.branched import BranchedNet
 
@@ -40,6 +42,8 @@ class CLParams:
     ilr: bool = True
 
 
+@register_method("cl", command="distill-online",
+                 help="Collaborative Learning (CL-ILR), Song & Chai 2018: heads on a shared trunk")
 class CL(SharedTrunkMethod):
     """Head h: ``β·CE(y, z_h) + (1−β)·T²·KL(σ(ẑ_h/T) ‖ σ(z_h/T))``, summed over heads.
 
@@ -48,24 +52,27 @@ class CL(SharedTrunkMethod):
     (means over heads), ``acc`` (mean head accuracy). Rows: ``branch0..``, ``ensemble``.
     """
 
-    name = "cl"
     Params = CLParams
     primary = "branch0"
-    presets: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = {
+        "quick": QUICK,
         # The CL-ILR re-run of the OKDDip paper (PAPERS.md's anchor): 300 epochs, batch 128, SGD
         # Nesterov, lr 0.1 ÷10 at 150/225, wd 5e-4. The CL paper's own CIFAR schedule is unverified.
         "paper": paper_preset(300, 128, [150, 225], 5e-4, nesterov=True),
     }
 
-    def __init__(self, ctx: MethodContext, params: CLParams) -> None:
-        super().__init__(ctx, params)
-        check_count(self.name, "heads", params.peers)
+    @classmethod
+    def resolve_params(cls, params: CLParams, ctx: MethodContext) -> CLParams:
+        check_count(cls.name, "heads", params.peers)
         if not 0.0 <= params.beta <= 1.0:
             raise KDError(f"cl: beta must be in [0, 1] (got {params.beta})")
         if params.temperature <= 0:
             raise KDError(f"--temperature must be positive (got {params.temperature})")
-        net = build_branched(ctx, self.name, params.peers, params.split_at, gate=False)
-        params.split_at = net.spec.kwargs["split_at"]
+        return replace(params, split_at=resolve_split(ctx, cls.name, params.split_at))
+
+    def __init__(self, ctx: MethodContext, params: CLParams) -> None:
+        super().__init__(ctx, params)
+        net = build_branched(ctx, params.peers, params.split_at, gate=False)
         self.runner = BranchRunner(net, 1.0 / params.peers if params.ilr else 1.0)
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext, accuracy, build_optimizer
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import mutual_loss, peer_kl, stacked_cross_entropy
-from kdcli.methods.online import (
+from kdcli.methods.online.common import (
+    QUICK,
     MeanProbEnsemble,
     assemble_ensemble,
     build_peers,
@@ -43,28 +44,33 @@ class DMLParams:
     temperature: float = 1.0
 
 
+@register_method("dml", command="distill-online",
+                 help="Deep Mutual Learning, Zhang et al. 2018: K peers mimic each other")
 class DML(Method):
     """Peer i minimises ``CE(y, z_i) + 1/(K−1) Σ_{j≠i} T²·KL(σ(z_j/T) ‖ σ(z_i/T))``; ``z_j`` is a constant for peer i.
 
     Parts: ``ce`` and ``kl`` (means over peers), ``acc`` (mean peer accuracy). Rows: ``peer0..``, ``ensemble``.
     """
 
-    name = "dml"
     Params = DMLParams
     primary = "peer0"
-    presets: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = {
+        "quick": QUICK,
         # CIFAR-100: SGD Nesterov 0.9, lr 0.1 ÷10 at 60/120/180, 200 epochs, batch 64, wd 5e-4.
         "paper": paper_preset(200, 64, [60, 120, 180], 5e-4, nesterov=True, update="alternating"),
     }
 
-    def __init__(self, ctx: MethodContext, params: DMLParams) -> None:
-        super().__init__(ctx, params)
+    @classmethod
+    def resolve_params(cls, params: DMLParams, ctx: MethodContext) -> DMLParams:
         if params.update not in UPDATES:
             raise KDError(f"--update must be one of {', '.join(UPDATES)} (got {params.update!r})")
         if params.temperature <= 0:
             raise KDError(f"--temperature must be positive (got {params.temperature})")
+        return replace(params, peers=len(peer_architectures(ctx, cls.name, params.peers)))
+
+    def __init__(self, ctx: MethodContext, params: DMLParams) -> None:
+        super().__init__(ctx, params)
         self.peers = build_peers(ctx, peer_architectures(ctx, self.name, params.peers))
-        params.peers = len(self.peers)
 
     @property
     def manual_optimization(self) -> bool:  # type: ignore[override]
@@ -94,7 +100,7 @@ class DML(Method):
         # but leaves BatchNorm running statistics alone: they move once per step, as for a peer alone.
         targets = torch.stack([z.detach() for z in logits])
         ce_parts, kl_parts = [], []
-        for i, (peer, optimizer) in enumerate(zip(self.peers, self.optimizers)):
+        for i, (peer, optimizer) in enumerate(zip(self.peers, self.optimizers())):
             others = torch.cat([targets[:i], targets[i + 1 :]])
             ce = F.cross_entropy(logits[i].float(), labels)
             kl = peer_kl(logits[i].unsqueeze(0).expand_as(others), others, self.params.temperature).mean()

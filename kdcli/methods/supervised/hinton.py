@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.methods.base import Batch, Method, MethodContext, accuracy
+from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Batch, Method, MethodContext, Preset, accuracy, register_method, agreement
 from kdcli.methods.losses import kd_loss
 from kdcli.models import create_model
 
@@ -26,13 +27,18 @@ class KDParams:
     alpha: float = 0.9
 
 
+@register_method("kd", command="distill", help="Hinton et al. 2015 soft targets at T (kd distill)")
 class HintonKD(Method):
     """``loss = α · T²·KL(σ(t/T) ‖ σ(s/T)) + (1 − α) · CE(y, s)``. Parts: ``soft``, ``hard``, ``acc``, ``agree``."""
 
-    name = "kd"
     Params = KDParams
     needs_teacher = True
     primary = "student"
+    presets: ClassVar[dict[str, Preset]] = {
+        # the dataset is the teacher's; a LeNet-5-half student on digits in seconds on a CPU
+        "quick": {"*": {"model": "lenet5-half", "epochs": 30, "lr": 0.01, "batch_size": 64,
+                        "no_batchnorm": GENTLE_WITHOUT_BATCHNORM}},
+    }
 
     def __init__(self, ctx: MethodContext, params: KDParams) -> None:
         super().__init__(ctx, params)
@@ -53,7 +59,7 @@ class HintonKD(Method):
             "soft": soft.detach(),
             "hard": hard.detach(),
             "acc": accuracy(detached, labels),
-            "agree": (detached.argmax(1) == teacher_logits.argmax(1)).float().mean(),
+            "agree": agreement(detached, teacher_logits),
         }
 
     def eval_models(self) -> dict[str, nn.Module]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,11 @@ from torch import nn
 
 from kdcli import distributed
 from kdcli.config import RunConfig
+from kdcli.distributed import World
 from kdcli.errors import KDError
-from kdcli.methods import METHODS
-from kdcli.methods.base import Batch, Method, MethodContext, World, accuracy, build_optimizer
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import kd_loss, mean_probability_logits
-from kdcli.methods.online import MeanProbEnsemble, assemble_ensemble, build_peers, check_count
+from kdcli.methods.online.common import QUICK, MeanProbEnsemble, assemble_ensemble, build_peers, check_count
 
 SHARDS = ("disjoint", "shared")
 
@@ -74,6 +74,8 @@ def copies_and_group(params: CodistillParams, config: RunConfig, world: World) -
     return n, world.world_size // n
 
 
+@register_method("codistill", command="distill-online",
+                 help="Anil et al. 2018 codistillation: copies on ranks, stale weight exchange every K steps")
 class Codistill(Method):
     """Loss of copy i: ``CE(y, z_i) + w · T²·KL(mean_{j≠i} σ(ẑ_j/T) ‖ σ(z_i/T))`` with ẑ_j the stale copy j
     (the second term only from step ``burn_in`` on). ``loss`` is the sum over copies; each copy's
@@ -81,23 +83,25 @@ class Codistill(Method):
     ``exchanged`` (1 on an exchange step) and ``exchange_ms`` (wall time of the exchange).
     """
 
-    name = "codistill"
     Params = CodistillParams
     primary = "peer0"
     data_parallel = False  # copies differ between ranks: the exchange and consolidate() are the collectives
+    presets: ClassVar[dict[str, Preset]] = {"quick": QUICK}
 
-    def __init__(self, ctx: MethodContext, params: CodistillParams) -> None:
-        super().__init__(ctx, params)
+    @classmethod
+    def resolve_params(cls, params: CodistillParams, ctx: MethodContext) -> CodistillParams:
+        """The resolved copy count is recorded, so a run resumed with another number of processes keeps its copies."""
         if params.shard not in SHARDS:
             raise KDError(f"--shard must be one of {', '.join(SHARDS)} (got {params.shard!r})")
         if params.exchange_every < 1 or params.burn_in < 0:
             raise KDError("--exchange-every must be ≥ 1 and --burn-in ≥ 0")
+        copies, _ = copies_and_group(params, ctx.config, ctx.world)
+        return replace(params, peers=copies)
+
+    def __init__(self, ctx: MethodContext, params: CodistillParams) -> None:
+        super().__init__(ctx, params)
         world = ctx.world
         self.copies, self.group_size = copies_and_group(params, ctx.config, world)
-        if not ctx.config.models:
-            # Record the resolved count: a run resumed with another number of processes keeps its copies.
-            params.peers = self.copies
-            ctx.config.method_params["peers"] = self.copies
         archs = list(ctx.config.models) or [ctx.config.model] * self.copies
         # Every rank builds every copy from the same seed, so copy i starts identical everywhere
         # and a checkpoint holds the same tensors whether 1 or n processes wrote it.
@@ -218,6 +222,10 @@ class Codistill(Method):
         for j, module in enumerate(into):
             distributed.unflatten_into(gathered[j * self.group_size], distributed.module_state(module))
 
+    def prepare_distributed(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Nothing to broadcast: every rank built every copy from the same seed; a copy trained by several
+        ranks averages its gradients within its group (installed with its optimizer)."""
+
     def consolidate(self) -> None:
         """Before evaluation and checkpoints: every rank gets every copy's weights and optimizer state,
         so rank 0 scores and saves the whole job (the same tensors a 1-process run saves)."""
@@ -227,8 +235,8 @@ class Codistill(Method):
         if self._group is not None:
             distributed.average_buffers(self.peers[own], self._group)
         self._gather_copies(self.peers, "codistillation state gather")
-        states = distributed.all_gather_object(self.optimizers[own].state_dict(), "optimizer state gather")
-        for j, opt in enumerate(self.optimizers):
+        states = distributed.all_gather_object(self.optimizers()[own].state_dict(), "optimizer state gather")
+        for j, opt in enumerate(self.optimizers()):
             if j != own:
                 opt.load_state_dict(states[j * self.group_size])
 
@@ -250,7 +258,3 @@ def _mean_target_logits(stale_logits: torch.Tensor, temperature: float) -> torch
     """
     return temperature * mean_probability_logits(stale_logits / temperature)
 
-
-
-METHODS.add("codistill", Codistill, command="distill-online",
-            help="Anil et al. 2018 codistillation: copies on ranks, stale weight exchange every K steps")

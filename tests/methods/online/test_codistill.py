@@ -12,9 +12,9 @@ from kdcli.distributed import Shard
 from kdcli.errors import KDError
 from kdcli.evaluate import churn
 from kdcli.methods import METHODS
-from kdcli.methods import codistill as codistill_module
-from kdcli.methods.base import World
-from kdcli.methods.codistill import Codistill, CodistillParams
+from kdcli.methods.online import codistill as codistill_module
+from kdcli.distributed import World
+from kdcli.methods.online.codistill import Codistill, CodistillParams
 from kdcli.run import train
 from tests.test_distributed import assert_same_history, assert_same_weights, reference_run, torchrun
 

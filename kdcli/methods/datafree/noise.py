@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kdcli.methods.base import Batch, Method, MethodContext
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, register_method, agreement
+from kdcli.methods.datafree.transfer import student_for, with_student
 from kdcli.methods.losses import kd_loss
-from kdcli.methods.transfer import student_for
 
 
 @dataclass
@@ -31,15 +31,16 @@ class NoiseParams:
     iterations: int = 100
 
 
+@register_method("noise", command="distill-datafree",
+                 help="baseline: KD on Gaussian noise inputs (what every data-free method must beat)")
 class NoiseDistill(Method):
     """``loss = T²·KL(σ(t(x)/T) ‖ σ(s(x)/T))``, ``x ~ N(0, 1)``. Parts: ``loss``, ``agree``."""
 
-    name = "noise"
     Params = NoiseParams
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
     primary: ClassVar[str] = "student"
-    PRESETS: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
                 "epochs": 20,
@@ -61,7 +62,7 @@ class NoiseDistill(Method):
                 "method": {"iterations": 120},
             }
         },
-    }
+    })
 
     def __init__(self, ctx: MethodContext, params: NoiseParams) -> None:
         super().__init__(ctx, params)
@@ -79,7 +80,7 @@ class NoiseDistill(Method):
             teacher_logits = self.teacher(images)
         student_logits = self.student(images)
         loss = kd_loss(student_logits, teacher_logits, self.params.temperature)
-        agree = (student_logits.detach().argmax(1) == teacher_logits.argmax(1)).float().mean()
+        agree = agreement(student_logits, teacher_logits)
         return {"loss": loss, "agree": agree}
 
     def eval_models(self) -> dict[str, nn.Module]:

@@ -16,13 +16,13 @@ optimizers step, as in the official code. Loss parts: ``loss``, ``generator``, `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from kdcli.methods.base import Batch, MethodContext, build_optimizer
+from kdcli.methods.base import Batch, MethodContext, Preset, build_optimizer, register_method, agreement
+from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import dafl_generator_loss, kd_loss
-from kdcli.methods.transfer import GeneratorDistill, student_for
 from kdcli.models.generator import create_generator
 
 
@@ -49,13 +49,14 @@ class DAFLParams:
     temperature: float = 1.0
 
 
+@register_method("dafl", command="distill-datafree",
+                 help="Chen et al. 2019: generator vs fixed teacher (one-hot, activation, entropy)")
 class DAFL(GeneratorDistill):
     """Generator trained against the fixed teacher (one-hot, activation, information entropy);
     the student learns by KD on its samples."""
 
-    name = "dafl"
     Params = DAFLParams
-    PRESETS: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {  # the generator dominates the cost: ~1 s per batch of 64 MNIST images on one CPU core
             "*": {
                 "epochs": 20,
@@ -117,7 +118,7 @@ class DAFL(GeneratorDistill):
                 "method": {"latent_dim": 1000, "lr_generator": 0.02, "alpha_oh": 0.5, "alpha_a": 0.1, "alpha_ie": 20.0},
             },
         },
-    }
+    })
 
     def __init__(self, ctx: MethodContext, params: DAFLParams) -> None:
         super().__init__(ctx, params)
@@ -129,12 +130,14 @@ class DAFL(GeneratorDistill):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         generator_opt = torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_generator)
-        for group in generator_opt.param_groups:
-            group["fixed_lr"] = True  # the official code schedules only the student's learning rate
         return [generator_opt, build_optimizer(self.ctx.config.optim, list(self.student.parameters()))]
 
+    def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Only the student's: the official code keeps the generator's learning rate fixed."""
+        return self.optimizers()[1:]
+
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        generator_opt, student_opt = self.optimizers
+        generator_opt, student_opt = self.optimizers()
         p = self.params
         images = self.generator(self.latent())
         teacher_logits, features = self.teacher.forward_features(images)
@@ -146,7 +149,7 @@ class DAFL(GeneratorDistill):
         (g["loss"] + kd).backward()
         generator_opt.step()
         student_opt.step()
-        agree = (student_logits.detach().argmax(1) == teacher_logits.detach().argmax(1)).float().mean()
+        agree = agreement(student_logits, teacher_logits)
         return {
             "loss": g["loss"].detach() + kd.detach(),
             "generator": g["loss"].detach(),

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcli import metadata
+from kdcli.methods.datafree import lopes_statistics as metadata
 from kdcli.errors import KDError
-from kdcli.run import train
+from kdcli.run import record_statistics, train
 from tests.conftest import digits_config
 
 STEPS = 60
@@ -39,7 +39,7 @@ def lopes_teacher(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A copy of the shared digits teacher with its activation metadata recorded."""
     copy = tmp_path_factory.mktemp("lopes") / "teacher"
     shutil.copytree(teacher_run, copy)
-    metadata.record(str(copy), device="cpu")
+    record_statistics(str(copy), device="cpu")
     return copy
 
 
@@ -70,7 +70,7 @@ CASES = {
     "zskt": ("lenet5", 32, {"iterations": 3, "student_steps": 2}),
     "zskd": ("lenet5", 128, {"n": 384, "iterations": 30, "lr_input": 0.05}),
     "lopes": ("lenet5", 128, {"n": 384, "iterations": 30}),
-    "deepinversion": ("resnet20", 128, {"n": 384, "iterations": 15, "synth_batch": 128, "lr_input": 0.1}),
+    "deepinversion": ("resnet20", 128, {"n": 384, "iterations": 30, "synth_batch": 128, "lr_input": 0.05}),
 }
 
 
@@ -96,7 +96,7 @@ def test_short_run_beats_noise_baseline_and_chance(
         generator, _ = load_generator(tmp_path / "run" / "generator.safetensors")
         assert generator(torch.randn(2, generator.latent_dim)).shape == (2, 1, 8, 8)
     else:
-        from kdcli.synthetic import read_set
+        from kdcli.data.synthetic import read_set
 
         data, description = read_set(tmp_path / "run" / "synthetic")
         assert len(data) == params["n"] and description["method"] == method
@@ -144,7 +144,7 @@ def test_deepinversion_refuses_a_teacher_without_batchnorm(teacher_run, tmp_path
 def test_metadata_statistics_match_a_direct_computation(lopes_teacher):
     from kdcli.checkpoint import load_run_model
     from kdcli.data import get_dataset
-    from kdcli.synthetic import normalise
+    from kdcli.data.synthetic import normalise
 
     stats = metadata.load(str(lopes_teacher))
     info = json.loads((lopes_teacher / "run.json").read_text())

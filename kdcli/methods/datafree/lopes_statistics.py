@@ -1,7 +1,8 @@
 """Lopes, Fenu & Starner (2017) activation metadata: per-class statistics a teacher run keeps for data-free KD.
 
-Recorded once, while the training data is still at hand (``kd train-teacher`` does it at the end;
-``kd record-metadata --teacher RUN`` adds it to an older run), into ``<run>/metadata.safetensors``:
+Recorded once, while the training data is still at hand (the Lopes method's ``record_teacher_statistics``
+hook, which ``kd train-teacher`` calls at the end and ``kd record-metadata --teacher RUN`` on an older
+run), into ``<run>/metadata.safetensors``:
 
 * **units** of every layer: each block group's output average-pooled to at most 4×4 cells (fewer
   when that would exceed 1024 units), an fc group as it is, and the logits (the top layer);
@@ -33,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli import checkpoint
-from kdcli.errors import KDError
+from kdcli.data.base import DatasetInfo, ImageSet
+from kdcli.data.loader import DeviceLoader
+from kdcli.errors import KDError, unknown
 
 METADATA_FILE = "metadata.safetensors"
 OBJECTIVES = ("top_layer", "all_layers", "spectral_all_layers", "spectral_layer_pairs")
@@ -212,11 +215,7 @@ class Metadata:
 
 
 def unknown_objective(objective: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(objective, OBJECTIVES, n=1)
-    hint = f" Did you mean {close[0]}?" if close else ""
-    return f"unknown --objective {objective!r}.{hint} Valid: {', '.join(OBJECTIVES)}."
+    return str(unknown("--objective", objective, OBJECTIVES))
 
 
 def _file_sha256(path: Path) -> str:
@@ -225,33 +224,24 @@ def _file_sha256(path: Path) -> str:
 
 @torch.no_grad()
 def record(
-    run_ref: str, device: str = "auto", data_dir: str | None = None, batch_size: int = 1024, quiet: bool = True
+    run_dir: Path, role: str, model: nn.Module, train: ImageSet, info: DatasetInfo, device: torch.device,
+    batch_size: int = 1024,
 ) -> dict[str, Any]:
-    """Read the run's training split once (eval mode) and write ``metadata.safetensors``; list it in run.json."""
-    from kdcli.data import get_dataset
-    from kdcli.data.loader import DeviceLoader
-    from kdcli.engine import select_device, setup_device
+    """Read the training split once (eval mode) and write ``run_dir/metadata.safetensors``.
 
-    run_dir, role, info = checkpoint.resolve_role(run_ref)
-    if info.get("status") != "complete":
-        raise KDError(f"run {run_ref} is not complete; finish it (--resume) before recording metadata")
-    dev = select_device(device)
-    setup_device(dev)
-    model, meta = checkpoint.load_run_model(run_ref, dev)
+    Returns the listing ``run.json`` keeps under ``metadata``.
+    """
     if not hasattr(model, "forward_features"):
-        raise KDError(f"{meta['spec']['arch']} has no block groups to record")
-    dataset_info = info["dataset"]
-    dataset = get_dataset(dataset_info["name"], data_dir or info.get("config", {}).get("data", {}).get("data_dir"))
-    train = dataset.load("train")
-    num_classes = meta["spec"]["num_classes"]
-    loader = DeviceLoader(
-        train, batch_size, mean=dataset.info.mean, std=dataset.info.std, device=dev, shuffle=False, drop_last=False
-    )
+        raise KDError(f"{model.spec.arch} has no block groups to record")
+    model.eval()
+    num_classes = model.spec.num_classes
+    loader = DeviceLoader(train, batch_size, mean=info.mean, std=info.std, device=device, shuffle=False,
+                          drop_last=False)
     sample = next(iter(loader.epoch(0)))[0]
     blocks = connectivity(model, sample)
     sizes = [u.shape[1] for u in layer_units(model, sample[:1])]
-    all_basis = spectral_basis(_block_graph(blocks, sizes)).to(dev)
-    pair_basis = [spectral_basis(pair_graph(b)).to(dev) for b in blocks]
+    all_basis = spectral_basis(_block_graph(blocks, sizes)).to(device)
+    pair_basis = [spectral_basis(pair_graph(b)).to(device) for b in blocks]
 
     sums: dict[str, list[torch.Tensor]] = {}
 
@@ -266,7 +256,7 @@ def record(
         else:
             sums[name] = [a + b for a, b in zip(sums[name], stats)]
 
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=dev)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
     for images, labels in loader.epoch(0):
         units = layer_units(model, images)
         counts += torch.bincount(labels, minlength=num_classes).double()
@@ -287,7 +277,7 @@ def record(
     tensors["all0.basis"] = all_basis
     for i, b in enumerate(pair_basis):
         tensors[f"pair{i}.basis"] = b
-    weights_file = run_dir / info["roles"][role]["file"]
+    weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
     description = {
         "kind": "lopes-metadata",
         "role": role,
@@ -296,21 +286,17 @@ def record(
         "spectral_fraction": SPECTRAL_FRACTION,
         "objectives": list(OBJECTIVES),
         "train_samples": len(train),
-        "dataset": dataset_info["name"],
+        "dataset": info.name,
     }
     path = run_dir / METADATA_FILE
     checkpoint.save_tensors(
         path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)}
     )
-    listing = {
+    return {
         "file": METADATA_FILE,
         "bytes": path.stat().st_size,
         **{k: description[k] for k in ("layers", "objectives", "train_samples")},
     }
-    info = checkpoint.read_run(run_dir)
-    info["metadata"] = listing
-    checkpoint.write_json(run_dir / checkpoint.RUN_FILE, info)
-    return listing
 
 
 def load(run_ref: str) -> Metadata:
@@ -348,25 +334,3 @@ def load(run_ref: str) -> Metadata:
             f"{path} was recorded for other teacher weights; re-create it: kd record-metadata --teacher {run_dir}"
         )
     return result
-
-
-def record_after_training(result: dict[str, Any], config: Any) -> dict[str, Any] | None:
-    """``kd train-teacher``'s last step: record the metadata of the run it just finished.
-
-    Only the main process records; a failure here never loses the trained teacher: it is reported
-    as a warning with the command that retries it.
-    """
-    import os
-
-    from kdcli.engine import console
-
-    if os.environ.get("RANK", "0") != "0" or result.get("status") != "complete":
-        return None
-    try:
-        return record(result["run_dir"], device=config.train.device, data_dir=config.data.data_dir)
-    except KDError as err:
-        console.log(
-            f"[yellow]activation metadata not recorded ({err}); add it later with: "
-            f"kd record-metadata --teacher {result['run_dir']}"
-        )
-        return None

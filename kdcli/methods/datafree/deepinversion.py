@@ -22,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli import synthetic
+from kdcli import progress
+from kdcli.data import synthetic
+from kdcli.data.synthetic import SyntheticSet, class_order
+from kdcli.device import autocast, resolve_precision
 from kdcli.errors import KDError
-from kdcli.methods.base import MethodContext
+from kdcli.methods.base import Preset, register_method
+from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, with_student
 from kdcli.methods.losses import bn_stat_loss, input_l2, total_variation_l2
-from kdcli.methods.transfer import TransferSetDistill, finish_set
-from kdcli.synthetic import SyntheticSet, class_order
 
 
 @dataclass
@@ -87,12 +89,13 @@ class BNStatHooks:
             h.remove()
 
 
+@register_method("deepinversion", command="distill-datafree",
+                 help="Yin et al. 2020: BatchNorm-statistics inversion + TV/L2 priors")
 class DeepInversion(TransferSetDistill):
     """BatchNorm-statistics inversion of the teacher, then KD at T. Parts: ``loss``, ``agree``."""
 
-    name = "deepinversion"
     Params = DeepInversionParams
-    PRESETS: ClassVar[dict[str, Any]] = {
+    presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
                 "epochs": 30,
@@ -129,10 +132,10 @@ class DeepInversion(TransferSetDistill):
                 "method": {"n": 50176, "iterations": 2000, "lr_input": 0.05},
             },
         },
-    }
+    })
 
-    @classmethod
-    def check_teacher(cls, ctx: MethodContext, params: DeepInversionParams) -> None:
+    def check_teacher(self) -> None:
+        ctx = self.ctx
         if not batchnorms(ctx.teacher):
             arch = (ctx.teacher_meta or {}).get("spec", {}).get("arch", type(ctx.teacher).__name__)
             raise KDError(
@@ -140,11 +143,9 @@ class DeepInversion(TransferSetDistill):
                 "use zskd, dafl, zskt or lopes for this teacher"
             )
 
-    @classmethod
-    def synthesize(cls, ctx: MethodContext, params: DeepInversionParams, n: int) -> SyntheticSet:
-        from kdcli.engine import autocast, resolve_precision
-
-        cls.check_teacher(ctx, params)
+    def synthesize(self, n: int) -> SyntheticSet:
+        ctx, params = self.ctx, self.params
+        self.check_teacher()
         info, device, teacher = ctx.info, ctx.device, ctx.teacher
         dtype = resolve_precision(ctx.config.train.precision, device)
         classes = class_order(n, info.num_classes)
@@ -153,7 +154,7 @@ class DeepInversion(TransferSetDistill):
         hooks = BNStatHooks(batchnorms(teacher))
         out = torch.empty(n, info.channels, info.image_size, info.image_size)
         try:
-            with synthetic.progress("deepinversion", n * params.iterations) as advance:
+            with progress.track("deepinversion", n * params.iterations) as tracker:
                 for start in range(0, n, params.synth_batch):
                     rows = slice(start, min(start + params.synth_batch, n))
                     size = rows.stop - rows.start
@@ -184,7 +185,7 @@ class DeepInversion(TransferSetDistill):
                         with torch.no_grad():
                             x.copy_(torch.max(torch.min(x, high), low))
                         if (it + 1) % 50 == 0 or it + 1 == params.iterations:
-                            advance(size * (50 if (it + 1) % 50 == 0 else (it + 1) % 50))
+                            tracker.advance(size * (50 if (it + 1) % 50 == 0 else (it + 1) % 50))
                     out[rows] = synthetic.to_pixels(best, info.mean, info.std).cpu()
         finally:
             hooks.close()

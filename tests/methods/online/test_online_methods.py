@@ -12,10 +12,10 @@ from kdcli.config import RunConfig
 from kdcli.data.base import DatasetInfo
 from kdcli.errors import KDError
 from kdcli.methods.base import MethodContext
-from kdcli.methods.cl import CL, CLParams
-from kdcli.methods.dml import DML, DMLParams
-from kdcli.methods.okddip import OKDDip, OKDDipParams
-from kdcli.methods.one import ONE, ONEParams
+from kdcli.methods.online.cl import CL, CLParams
+from kdcli.methods.online.dml import DML, DMLParams
+from kdcli.methods.online.okddip import OKDDip, OKDDipParams
+from kdcli.methods.online.one import ONE, ONEParams
 
 LN3 = math.log(3.0)
 INFO = DatasetInfo("stub", 2, 1, 8, (0.5,), (0.5,))
@@ -79,8 +79,7 @@ def test_dml_alternating_recomputes_later_targets_after_earlier_peers_step():
     torch.manual_seed(0)
     method = DML(context(), DMLParams(peers=2, update="alternating"))
     assert method.manual_optimization and not method.graphable_models()
-    method.optimizers = method.configure_optimizers()
-    assert len(method.optimizers) == 2
+    assert len(method.optimizers()) == 2
     images, labels = torch.randn(6, 1, 8, 8), torch.randint(0, 2, (6,))
     peer0, peer1 = method.peers
     with torch.no_grad():
@@ -150,7 +149,7 @@ def test_one_ramp_weight_follows_the_fractional_epoch():
     method.runner = FixedBranches([[LN3, 0.0], [0.0, 0.0]], gate=[0.5, 0.5])
     w = [method.training_step((IMAGES, torch.tensor([0])), step)["w"].item() for step in (0, 10, 15, 20)]
     assert w == pytest.approx([math.exp(-5), math.exp(-1.25), math.exp(-5 * 0.0625), 1.0])
-    assert ONE(context(), ONEParams(peers=2)).params.ramp_epochs == pytest.approx(3 * 80 / 300)
+    assert ONE.resolve_params(ONEParams(peers=2), context()).ramp_epochs == pytest.approx(3 * 80 / 300)
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -198,5 +197,6 @@ def test_okddip_attention_projections_learn_in_both_modes():
     ],
 )
 def test_bad_method_input_is_a_kd_error(cls, params, message):
+    """Hyperparameters are checked when they are resolved, before the method (or anything else) is built."""
     with pytest.raises(KDError, match=message):
-        cls(context("lenet5"), params)
+        cls.resolve_params(params, context("lenet5"))

@@ -1,0 +1,180 @@
+"""The one preset system: every method's ``presets`` table, resolved into a run's config in one function.
+
+A preset has one shape for every command and method (:attr:`kdcli.methods.base.Method.presets`)::
+
+    {preset name: {dataset name or "*": overrides}}
+
+The overrides are flat config keys (``epochs``, ``lr``, ``model``, ``milestones``...), ``method`` (a
+table of the method's own hyperparameters), and optionally ``no_batchnorm``: values that apply, unless
+the user set them, when the model has no BatchNorm (``lr`` is a cap, ``warmup_epochs`` a floor: LeNet-5
+diverged on MNIST at the ResNet rate of 0.1).
+
+:func:`resolve_config` is the only place a run's config is put together, for every command, in this
+order (each layer wins over the one before it):
+
+1. the dataclass defaults (:mod:`kdcli.config`);
+2. the method's preset: the entry of the run's dataset, else ``"*"`` (``--preset``, else the TOML
+   file's ``preset``, else ``quick``);
+3. the ``--config`` TOML file;
+4. the flags.
+
+The run's dataset (which picks the preset's entry) is the one named by the flags or the TOML file,
+else the teacher's (commands with ``--teacher``), else the preset's ``"*"`` entry, else ``digits``.
+The preset's name and every value the ``no_batchnorm`` rule changed are kept in the config
+(``preset``, ``adjusted``), so ``run.json`` says how the numbers were chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcli import checkpoint
+from kdcli.config import RunConfig, apply_overrides, load_toml
+from kdcli.errors import KDError, did_you_mean, unknown
+from kdcli.methods import DEFAULT_PRESET, METHODS
+from kdcli.methods.base import Method, Preset
+from kdcli.models import MODELS, create_model
+
+NO_BATCHNORM = "no_batchnorm"
+#: How the refusal of another command's method reads, per command ("... is not an online method").
+KINDS = {"distill-online": "an online", "distill-datafree": "a data-free", "synthesize": "a synthesising",
+         "distill": "a distill", "train-teacher": "a train-teacher"}
+
+
+def methods_of(command: str) -> list[str]:
+    """The names of the methods ``kd <command>`` runs, in registration order (the first is its default)."""
+    return [e.name for e in METHODS if e.info.get("command") == command]
+
+
+def synthesizers() -> list[str]:
+    """The methods ``kd synthesize`` takes: input optimisers first (the first is its default), then generators."""
+    datafree = [e.builder for e in METHODS if e.info.get("command") == "distill-datafree"]
+    return [cls.name for kind in ("inputs", "generator") for cls in datafree if cls.synthesis == kind]
+
+
+def method_class(method: str, command: str | None = None, choices: list[str] | None = None) -> type[Method]:
+    """The registered method ``method``. With ``command``, only a method of that command (``choices``, by
+    default :func:`methods_of`) is accepted; anything else is a one-line error listing them."""
+    if command is None:
+        return METHODS.resolve(method)[0].builder
+    own = methods_of(command) if choices is None else choices
+    if method in own:
+        return METHODS.resolve(method)[0].builder
+    if method in METHODS:
+        owner = METHODS.resolve(method)[0].info.get("command", "?")
+        raise KDError(f"method {method!r} is not {KINDS.get(command, 'a ' + command)} method (it is run by kd "
+                      f"{owner}). Valid: {', '.join(own)}.")
+    raise unknown("method", method, own)
+
+
+def preset_table(cls: type[Method], preset: str) -> Preset:
+    """``cls``'s preset ``preset`` (every method has ``quick``); an unknown name is a one-line error."""
+    if preset not in cls.presets:
+        names = list(cls.presets) or ["none"]
+        raise KDError(
+            f"method {cls.name!r} has no {preset!r} preset.{did_you_mean(preset, names)} "
+            f"--preset takes: {', '.join(names)}."
+        )
+    return cls.presets[preset]
+
+
+def preset_values(cls: type[Method], preset: str, dataset: str) -> dict[str, Any]:
+    """The overrides of ``cls``'s ``preset`` for ``dataset``: its own entry, else ``"*"`` (a deep copy)."""
+    table = preset_table(cls, preset)
+    return copy.deepcopy(table.get(dataset, table.get("*", {})))
+
+
+def has_batchnorm(model: str, channels: int = 1, image_size: int = 28, classes: int = 10) -> bool:
+    """Whether the registered ``model`` has a BatchNorm layer (built once as a probe, off the run's RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        probe = create_model(model, channels, image_size, classes)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules())
+
+
+def _explicit_keys(values: dict[str, Any]) -> set[str]:
+    """Keys a layer sets (flat or inside a section), normalised to underscores."""
+    keys: set[str] = set()
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and key != "method":
+            keys |= {k.replace("-", "_") for k, v in value.items() if v is not None}
+        else:
+            keys.add(key.replace("-", "_"))
+    return keys
+
+
+def resolve_config(
+    command: str,
+    method: str,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    method_flags: dict[str, Any] | None = None,
+    choices: list[str] | None = None,
+) -> RunConfig:
+    """Put a run's config together: defaults < preset < ``--config`` TOML < flags (see the module docstring).
+
+    Args:
+        command: the CLI command (``train-teacher``, ``distill``, ``distill-online``...).
+        method: the method's registered name; must be one that ``command`` runs.
+        preset: the preset's name (default ``quick``).
+        config_file: a TOML file of defaults (flat keys or ``[data]``/``[optim]``/``[train]``/``[method]``).
+        flags: flat config keys from the command line (``None`` = not given).
+        method_flags: the method's hyperparameters from the command line (``None`` = not given).
+        choices: the methods ``command`` accepts (default: those registered for it).
+    """
+    cls = method_class(method, command, choices)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    method_flags = {k: v for k, v in (method_flags or {}).items() if v is not None}
+    from_file = load_toml(config_file) if config_file is not None else {}
+    preset = preset or from_file.get("preset") or DEFAULT_PRESET
+    preset_table(cls, preset)  # an unknown preset fails before any file is read
+
+    probe = RunConfig()
+    apply_overrides(probe, from_file, str(config_file))
+    apply_overrides(probe, flags, "flags")
+    dataset = flags.get("dataset") or (probe.data.dataset if _sets(from_file, "dataset") else "")
+    teacher = probe.teacher
+    if cls.needs_teacher and not teacher:
+        raise KDError(f"{command} needs a teacher: pass --teacher RUN (a kd train-teacher run)")
+    if not dataset and teacher:
+        dataset = checkpoint.resolve_role(teacher)[2]["dataset"]["name"]
+    values = preset_values(cls, preset, dataset or "*")
+    dataset = dataset or values.get("dataset") or RunConfig().data.dataset
+    no_batchnorm = values.pop(NO_BATCHNORM, {})
+
+    config = RunConfig(command=command, method=method, preset=preset)
+    apply_overrides(config, values, f"preset {preset}")
+    apply_overrides(config, from_file, str(config_file))
+    apply_overrides(config, flags, "flags")
+    config.data.dataset = dataset
+    config.method_params.update({k.replace("-", "_"): v for k, v in method_flags.items()})
+    explicit = _explicit_keys(from_file) | _explicit_keys(flags)
+    if no_batchnorm and config.model in MODELS and not has_batchnorm(config.model):
+        _apply_no_batchnorm(config, no_batchnorm, explicit)
+    return config
+
+
+def _sets(values: dict[str, Any], key: str) -> bool:
+    return key in _explicit_keys(values)
+
+
+def _apply_no_batchnorm(config: RunConfig, rule: dict[str, Any], explicit: set[str]) -> None:
+    """A model without BatchNorm: ``lr`` capped and ``warmup_epochs`` raised to the rule's values, unless set."""
+    if "lr" in explicit:
+        return
+    if "lr" in rule and config.optim.lr > rule["lr"]:
+        config.adjusted["lr"] = f"{config.optim.lr:g} → {rule['lr']:g}: {config.model} has no BatchNorm"
+        config.optim.lr = rule["lr"]
+    if "warmup_epochs" in rule and "warmup_epochs" not in explicit and config.optim.warmup_epochs < rule["warmup_epochs"]:
+        config.adjusted["warmup_epochs"] = (
+            f"{config.optim.warmup_epochs:g} → {rule['warmup_epochs']:g}: {config.model} has no BatchNorm"
+        )
+        config.optim.warmup_epochs = rule["warmup_epochs"]
