@@ -27,7 +27,6 @@ from kdcli.device import autocast, resolve_precision, rng_state, set_rng_state
 from kdcli.errors import Interrupted, KDError
 from kdcli.methods.base import Method
 
-
 # ---------------------------------------------------------------------------------------------
 # Learning-rate schedule: a pure function of the step, so resuming needs no scheduler state
 
@@ -290,12 +289,16 @@ def fit(
                 if batch is not None:
                     images_seen += int(batch[1].shape[0])
                 done = step + 1 - first
-                if not progress.is_quiet() and (done % cfg.log_every == 0 or step + 1 == steps):
+                if progress.is_quiet():
+                    pass
+                elif done % cfg.log_every == 0 or step + 1 == steps:  # reading the sums syncs the device
                     means = {k: v.item() / (step + 1) for k, v in sums.items()}
                     stats = " ".join(f"{k} {v:.3f}" for k, v in means.items() if k in ("loss", "acc"))
                     rate = done / max(1e-9, time.perf_counter() - t_epoch)
                     speed = f"{rate * batch[1].shape[0]:.0f} img/s" if batch is not None else f"{rate:.1f} it/s"
                     tracker.update(epoch * steps + step + 1, stats=f"{stats} {speed}")
+                else:
+                    tracker.update(epoch * steps + step + 1)
                 stopping = stop.stop
                 if world.distributed:  # every rank must stop at the same step: vote every log_every steps
                     stopping = (done % cfg.log_every == 0 or step + 1 == steps) and distributed.any_rank(stop.stop)

@@ -38,8 +38,8 @@ from kdcli.errors import Interrupted, KDError
 from kdcli.methods import METHODS, Method, MethodContext
 from kdcli.methods.base import accuracy, agreement
 from kdcli.models import MODELS
-from kdcli.presets import method_class, methods_of
 from kdcli.pictures import plot_curves
+from kdcli.presets import method_class, methods_of
 
 STATISTICS_KEY = "statistics"
 

@@ -23,19 +23,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kdcli import progress  # noqa: E402
 from kdcli.config import RunConfig  # noqa: E402
 from kdcli.data.base import DatasetInfo, ImageSet  # noqa: E402
 from kdcli.data.loader import DeviceLoader  # noqa: E402
-from kdcli.engine import RunWriter, fit, select_device, setup_device  # noqa: E402
+from kdcli.device import select_device, setup_device  # noqa: E402
+from kdcli.engine import RunWriter, fit  # noqa: E402
 from kdcli.methods import MethodContext  # noqa: E402
 from kdcli.methods.base import NoParams  # noqa: E402
-from kdcli.methods.supervised import Supervised  # noqa: E402
+from kdcli.methods.online.dml import DML, DMLParams  # noqa: E402
+from kdcli.methods.online.independent import Independent, IndependentParams  # noqa: E402
+from kdcli.methods.supervised.cross_entropy import Supervised  # noqa: E402
 from kdcli.models import create_model  # noqa: E402
 
 
@@ -83,7 +86,7 @@ def bench_engine(case: Case, device: torch.device, batch: int, steps: int, warmu
                 torch.cuda.synchronize()
             stamps[step + 1] = time.perf_counter()
 
-    fit(method, config, loader, None, make_data(case, 256, 1), info, device, RunWriter(None), quiet=True, after_step=hook)
+    fit(method, config, loader, None, make_data(case, 256, 1), info, device, RunWriter(None), after_step=hook)
     seconds = stamps[warmup + steps] - stamps[warmup]
     return {"images_per_s": steps * batch / seconds, "ms_per_step": 1000 * seconds / steps}
 
@@ -142,9 +145,6 @@ def bench_reference(case: Case, device: torch.device, steps: int, warmup: int, w
 def bench_online(case: Case, device: torch.device, batch: int, steps: int, warmup: int, graphs: str, peers: int,
                  update: str) -> dict:
     """One step of K peers through the real engine: DML for K ≥ 2, the same K=1 model (`independent`) as the unit."""
-    from kdcli.methods.dml import DML, DMLParams
-    from kdcli.methods.independent import Independent, IndependentParams
-
     data = make_data(case, batch * (steps + warmup))
     info = DatasetInfo("bench", 10, case.channels, case.size, case.mean, case.std, augment=case.augment)
     config = RunConfig(command="distill-online", method="dml" if peers > 1 else "independent", model=case.model)
@@ -163,7 +163,7 @@ def bench_online(case: Case, device: torch.device, batch: int, steps: int, warmu
                 torch.cuda.synchronize()
             stamps[step + 1] = time.perf_counter()
 
-    fit(method, config, loader, None, make_data(case, 256, 1), info, device, RunWriter(None), quiet=True, after_step=hook)
+    fit(method, config, loader, None, make_data(case, 256, 1), info, device, RunWriter(None), after_step=hook)
     seconds = stamps[warmup + steps] - stamps[warmup]
     return {"images_per_s": steps * batch / seconds, "ms_per_step": 1000 * seconds / steps}
 
@@ -213,7 +213,7 @@ def main() -> None:
             online.append({"case": name, "peers": k, "method": "independent" if k == 1 else f"dml ({args.online_update})",
                            "batch": batch, **res, "ratio_to_k_single": ratio})
     if online:
-        print(f"online: K peers in one step (ratio = ms/step ÷ (K × the K=1 step); < 1 is better than K separate models)")
+        print("online: K peers in one step (ratio = ms/step ÷ (K × the K=1 step); < 1 is better than K separate models)")
         print(f"{'case':16} {'K':>3} {'method':26} {'ms/step':>9} {'img/s':>10} {'÷ K×single':>11}")
         for r in online:
             print(f"{r['case']:16} {r['peers']:3d} {r['method']:26} {r['ms_per_step']:9.2f} {r['images_per_s']:10.0f} "
@@ -224,4 +224,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with progress.silenced():  # the bench prints its own table
+        main()

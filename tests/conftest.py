@@ -41,3 +41,16 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.out = str(out)
     train(config, quiet=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def bn_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ResNet-20 on digits (BatchNorm, for DeepInversion): 3 epochs."""
+    from kdcli.run import train
+
+    out = tmp_path_factory.mktemp("bn") / "teacher"
+    config = digits_config(epochs=3)
+    config.model = "resnet20"
+    config.out = str(out)
+    train(config, quiet=True)
+    return out

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from kdcli import pictures
+from kdcli.data.synthetic import write_samples_png
 from kdcli.pictures import (
     CURVES_WIDTH,
     accuracy_axis_range,
@@ -18,7 +19,6 @@ from kdcli.pictures import (
     plot_curves,
     row_label_margin,
 )
-from kdcli.data.synthetic import write_samples_png
 
 
 def _history(epochs: int, roles=("student",), test: bool = True) -> list[dict]:

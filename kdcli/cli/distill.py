@@ -11,8 +11,10 @@ COMMAND = "distill"
 @handle_errors
 @command("teacher", "model", "temperature", "alpha", "param", *TRAINING_COMMAND)
 def distill(options: Options) -> None:
-    """Distil a teacher run into a student with Hinton KD (soft targets at T, T² scaling, α between the
-    soft and the hard loss). The dataset defaults to the teacher's.
+    """Distil a teacher run into a student with Hinton KD, on the real training data.
+
+    Soft targets at T with T² scaling, α between the soft and the hard loss. The dataset defaults to
+    the teacher's.
 
     Examples:
 

@@ -23,8 +23,7 @@ Baseline = Annotated[Optional[str], typer.Option("--baseline", help="An `indepen
 @command("model", "models", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every", "burn_in",
          "distill_weight", "shard", "param", *TRAINING_COMMAND)
 def distill_online(options: Options, method: Method = None, baseline: Baseline = None) -> None:
-    """Train peers or branches together with an online method (DML, CL-ILR, ONE, OKDDip, codistillation)
-    or the independent baseline.
+    """Train peers or branches together: DML, CL-ILR, ONE, OKDDip, codistillation, or independent.
 
     The final table has a row per peer or branch, the ensemble (mean of peer probabilities; gated for
     ONE) and, for OKDDip, the leader. --preset paper loads the method's paper protocol.

@@ -26,8 +26,10 @@ def list_(
     what: Annotated[Optional[str], typer.Argument(help="models | datasets | methods (default: all).")] = None,
     name: Annotated[Optional[str], typer.Argument(help="One model or method: its details.")] = None,
 ) -> None:
-    """List the models, datasets and methods kd knows; `kd list methods NAME` shows a method's
-    hyperparameters with their defaults and every value of its presets.
+    """List the models, datasets and methods kd knows.
+
+    `kd list methods NAME` shows a method's hyperparameters with their defaults and every value of
+    its presets; `kd list models NAME` a model's parameter counts.
 
     Examples:
 

@@ -10,7 +10,9 @@ from kdcli.errors import KDError
 @handle_errors
 @command("teacher", "device", "data_dir", "json")
 def record_metadata(options: Options) -> None:
-    """Read the teacher's training split once (eval mode) and store per-class activation statistics
+    """Add the statistics data-free methods need (Lopes et al.) to an older teacher run.
+
+    Reads the teacher's training split once (eval mode) and stores per-class activation statistics
     (every block group and the logits, plus graph-spectral summaries) as RUN/metadata.safetensors.
 
     kd train-teacher does this itself; older runs need it for `kd distill-datafree --method lopes`.

@@ -25,8 +25,10 @@ Dtype = Annotated[Optional[str], typer.Option("--dtype", help="uint8 (pixels) | 
 @command("teacher", "student", *DATAFREE_KNOBS, "param", "epochs", "batch_size", "lr", "seed", "device", "precision",
          "data_dir", "preset", "config", "out", "overwrite", "json", "quiet")
 def synthesize(options: Options, method: Method = None, n: Count = None, dtype: Dtype = None) -> None:
-    """Synthesise a transfer set: safetensors shards (images, teacher soft targets, aimed class),
-    samples.png (one labelled row per class) and synthetic.json.
+    """Synthesise a transfer set from a teacher run, without its training data.
+
+    Writes safetensors shards (images, teacher soft targets, aimed class), samples.png (one labelled
+    row per class) and synthetic.json.
 
     zskd, lopes and deepinversion optimise inputs against the teacher; dafl and zskt train their
     generator (with a student, via the engine) and sample from it, saving the generator too. The

@@ -7,6 +7,8 @@ from typing import Callable, Literal
 
 import torch
 
+from kdcli.registry import Registry
+
 Split = Literal["train", "test"]
 
 
@@ -61,3 +63,10 @@ class Dataset:
         if split not in self._cache:
             self._cache[split] = self.loader(split)
         return self._cache[split]
+
+
+#: Every dataset by name. A builder takes the data directory (or None) plus what a name pattern captured,
+#: and returns a :class:`Dataset`; each dataset's module registers itself. Entry extras: ``offline``
+#: (same arguments) says whether a local copy exists without downloading; ``static_info`` is the
+#: :class:`DatasetInfo` of a dataset whose facts are fixed (for ``kd list``).
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from kdcli.data.base import Dataset, DatasetInfo, ImageSet, Split
+from kdcli.data.base import DATASETS, Dataset, DatasetInfo, ImageSet, Split
 from kdcli.data.loader import seeded_generator, stratified_split_indices
 
 # --- digits -------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ DIGITS_INFO = DatasetInfo(
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits as uint8 ``[N, 1, 8, 8]`` and their labels (parsed once per process)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - scikit-learn takes ~1 s to import: only for digits
 
     bunch = load_digits()
     # Pixel values are counts 0..16; spread them over 0..255.
@@ -54,7 +54,9 @@ def load_digits_split(split: Split) -> ImageSet:
     return ImageSet(images[index], labels[index])
 
 
-def digits_dataset() -> Dataset:
+@DATASETS.register("digits", help="scikit-learn's 8x8 digits (1797 images, shipped in the wheel); the default",
+                   static_info=DIGITS_INFO)
+def digits_dataset(data_dir: object = None) -> Dataset:
     return Dataset(DIGITS_INFO, load_digits_split, source="sklearn.datasets.load_digits")
 
 
@@ -97,3 +99,15 @@ def fake_dataset(channels: int = 1, size: int = 8, classes: int = 10) -> Dataset
         return ImageSet(values.round().clamp(0, 255).to(torch.uint8), labels)
 
     return Dataset(info, load, source="generated")
+
+
+DATASETS.add("fake", lambda data_dir: fake_dataset(), help="generated 1x8x8, 10 classes, 200 train / 100 test; for tests",
+             static_info=fake_dataset().info)
+DATASETS.add(
+    "fake-C-S-K",
+    lambda data_dir, channels, size, classes: fake_dataset(channels, size, classes),
+    help="generated data with C channels, SxS pixels, K classes; for tests",
+    pattern=r"fake-(?P<channels>[1-9]\d*)-(?P<size>[1-9]\d*)-(?P<classes>[1-9]\d*)",
+    parse=lambda m: {k: int(v) for k, v in m.groupdict().items()},
+    examples=("fake-3-32-10",),
+)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kdcli.data.base import DatasetInfo, ImageSet, Split
-from kdcli.data.locate import Download, FileSource
+from kdcli.data.locate import Download, FileSource, register_file_source
 from kdcli.errors import KDError
 
 RECORD_PIXELS = 3 * 32 * 32
@@ -194,7 +194,7 @@ def read_cifar100(found: tuple[dict[Split, list[Path]], str], split: Split) -> I
 
 def _downloads(cls_name: str):
     def downloads() -> list[Download]:
-        import torchvision.datasets
+        import torchvision.datasets  # noqa: PLC0415 - torchvision is imported only to download
 
         cls = getattr(torchvision.datasets, cls_name)
         return [Download(cls.url, cls.filename, cls.tgz_md5, extract=True)]
@@ -202,7 +202,7 @@ def _downloads(cls_name: str):
     return downloads
 
 
-CIFAR10 = FileSource(
+CIFAR10 = register_file_source(FileSource(
     info=DatasetInfo(
         name="cifar10",
         num_classes=10,
@@ -220,9 +220,9 @@ CIFAR10 = FileSource(
     read=read_cifar10,
     downloads=_downloads("CIFAR10"),
     expected="cifar-10-batches-py/ (from cifar-10-python.tar.gz) or cifar-10-batches-bin/",
-)
+), 'CIFAR-10, 32x32 colour, 50k/10k (python or binary batches)')
 
-CIFAR100 = FileSource(
+CIFAR100 = register_file_source(FileSource(
     info=DatasetInfo(
         name="cifar100",
         num_classes=100,
@@ -239,4 +239,4 @@ CIFAR100 = FileSource(
     read=read_cifar100,
     downloads=_downloads("CIFAR100"),
     expected="cifar-100-python/ (from cifar-100-python.tar.gz) or cifar-100-binary/",
-)
+), 'CIFAR-100 (fine labels), 32x32 colour, 50k/10k (python or binary batches)')

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from kdcli.data.base import Dataset, DatasetInfo, ImageSet, Split
+from kdcli.data.base import DATASETS, Dataset, DatasetInfo, ImageSet, Split
 from kdcli.data.loader import channel_stats
 from kdcli.data.locate import cache_root
 from kdcli.errors import KDError
@@ -85,8 +88,6 @@ def list_split(root: Path, split: Split, classes: list[str]) -> SplitListing:
 
 def _probe(path: Path) -> tuple[str, int, int]:
     """PIL mode to decode to, and the image's (height, width), from the file header only."""
-    from PIL import Image
-
     with Image.open(path) as image:
         mode = "L" if image.mode in GRAY_MODES else "RGB"
         return mode, image.height, image.width
@@ -94,8 +95,6 @@ def _probe(path: Path) -> tuple[str, int, int]:
 
 def decode_images(files: tuple[Path, ...], threads: int | None = None) -> torch.Tensor:
     """Decode ``files`` into uint8 ``[N, C, H, W]``; every image must match the first one's size."""
-    from PIL import Image
-
     mode, height, width = _probe(files[0])
     if height != width:
         raise KDError(f"{files[0]} is {width}x{height}: kd models need square images (resize the folder's images)")
@@ -135,8 +134,6 @@ def cache_paths(root: Path, split: Split) -> list[Path]:
 
 def read_cache_metadata(path: Path, key: str) -> tuple[dict[str, str], tuple[int, ...]] | None:
     """The metadata and image shape of a cache file whose key matches; None if absent or stale."""
-    from safetensors import safe_open
-
     if not path.is_file():
         return None
     try:
@@ -150,8 +147,6 @@ def read_cache_metadata(path: Path, key: str) -> tuple[dict[str, str], tuple[int
 
 
 def load_cache(path: Path) -> ImageSet:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     return ImageSet(tensors["images"], tensors["labels"])
 
@@ -165,8 +160,6 @@ def _writable(folder: Path) -> bool:
 
 def write_cache(paths: list[Path], data: ImageSet, metadata: dict[str, str]) -> Path | None:
     """Write atomically to the first writable location; None if none is (the run still works, uncached)."""
-    from safetensors.torch import save_file
-
     tensors = {"images": data.images.contiguous(), "labels": data.labels.contiguous()}
     for path in paths:
         if not _writable(path.parent):
@@ -265,3 +258,12 @@ def folder_dataset(path: str) -> Dataset:
 def folder_available(path: str) -> bool:
     root = Path(path).expanduser()
     return all(any((root / d).is_dir() for d in SPLIT_DIRS[split]) for split in ("train", "test"))
+
+
+DATASETS.add(
+    "folder:PATH",
+    lambda data_dir, path: folder_dataset(path),
+    help="an ImageFolder: PATH/train/<class>/*, PATH/test/<class>/*; decoded once and cached",
+    pattern=r"folder:(?P<path>.+)",
+    offline=lambda data_dir, path: folder_available(path),
+)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from kdcli.data.base import DatasetInfo, ImageSet, Split
-from kdcli.data.locate import Download, FileSource
+from kdcli.data.locate import Download, FileSource, register_file_source
 from kdcli.errors import KDError
 
 FILES: dict[Split, tuple[str, str]] = {
@@ -95,27 +95,27 @@ FASHION_INFO = DatasetInfo(
 
 
 def _mnist_downloads() -> list[Download]:
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # noqa: PLC0415 - torchvision is imported only to download
 
     return [Download(MNIST.mirrors[0] + name, name, md5) for name, md5 in MNIST.resources]
 
 
 def _fashion_downloads() -> list[Download]:
-    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets import FashionMNIST  # noqa: PLC0415 - torchvision is imported only to download
 
     return [Download(FashionMNIST.mirrors[0] + name, name, md5) for name, md5 in FashionMNIST.resources]
 
 
-MNIST = FileSource(
+MNIST = register_file_source(FileSource(
     info=MNIST_INFO,
     subdirs=("", "mnist", "MNIST/raw"),
     find=find_idx_files,
     read=read_idx_split,
     downloads=_mnist_downloads,
     expected=", ".join(FILE_NAMES),
-)
+), 'MNIST digits, 28x28 gray, 60k/10k (idx files)')
 
-FASHION_MNIST = FileSource(
+FASHION_MNIST = register_file_source(FileSource(
     info=FASHION_INFO,
     subdirs=("", "fashion-mnist", "FashionMNIST/raw"),
     find=find_idx_files,
@@ -124,4 +124,4 @@ FASHION_MNIST = FileSource(
     expected=", ".join(FILE_NAMES),
     system=("/usr/share/datasets/fashion-mnist",),
     hint="`apt install dataset-fashion-mnist`",
-)
+), 'Fashion-MNIST, 28x28 gray, 60k/10k (idx files; Debian dataset-fashion-mnist)')

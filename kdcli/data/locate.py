@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kdcli.data.base import Dataset, DatasetInfo, ImageSet, Split
+from kdcli.data.base import DATASETS, Dataset, DatasetInfo, ImageSet, Split
 from kdcli.errors import KDError
 
 
@@ -57,7 +57,7 @@ class Download:
 
 def download(files: Sequence[Download], dest: Path) -> None:
     """Fetch ``files`` into ``dest`` with torchvision's downloader. Tests replace this to stay offline."""
-    from torchvision.datasets.utils import download_and_extract_archive, download_url
+    from torchvision.datasets.utils import download_and_extract_archive, download_url  # noqa: PLC0415 - only to download
 
     dest.mkdir(parents=True, exist_ok=True)
     for item in files:
@@ -135,3 +135,15 @@ class FileSource:
             advice += f", or {self.hint}"
         searched = ", ".join(str(r) for r in roots)
         raise KDError(f"{name} not found: {advice}. Searched {searched}; download failed ({reason}).")
+
+
+def register_file_source(source: FileSource, help: str) -> FileSource:
+    """Register ``source`` in :data:`~kdcli.data.base.DATASETS` under its dataset's name."""
+    DATASETS.add(
+        source.info.name,
+        lambda data_dir: source.open(data_dir),
+        help=help,
+        offline=lambda data_dir: source.available(data_dir),
+        static_info=source.info,
+    )
+    return source

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from kdcli.data.base import DatasetInfo, ImageSet, Split
-from kdcli.data.locate import Download, FileSource
+from kdcli.data.locate import Download, FileSource, register_file_source
 from kdcli.errors import KDError
 
 FILES: dict[Split, str] = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
@@ -17,7 +17,7 @@ FILES: dict[Split, str] = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 def read_svhn_split(files: dict[Split, Path], split: Split) -> ImageSet:
     """``X`` is uint8 ``[32, 32, 3, N]`` (HWCN); ``y`` is ``[N, 1]`` with digit 0 stored as 10."""
     try:
-        from scipy.io import loadmat  # a scikit-learn dependency; MATLAB v5 files hold no code
+        from scipy.io import loadmat  # noqa: PLC0415 - scipy is slow to import; only SVHN's .mat files need it
     except ImportError as exc:
         raise KDError("reading SVHN needs scipy: pip install scipy") from exc
     path = files[split]
@@ -41,12 +41,12 @@ def find_svhn_files(folder: Path) -> dict[Split, Path] | None:
 
 
 def _downloads() -> list[Download]:
-    from torchvision.datasets import SVHN
+    from torchvision.datasets import SVHN  # noqa: PLC0415 - torchvision is imported only to download
 
     return [Download(*SVHN.split_list[split]) for split in FILES]
 
 
-SVHN = FileSource(
+SVHN = register_file_source(FileSource(
     info=DatasetInfo(
         name="svhn",
         num_classes=10,
@@ -64,4 +64,4 @@ SVHN = FileSource(
     read=read_svhn_split,
     downloads=_downloads,
     expected=", ".join(FILES.values()),
-)
+), 'SVHN cropped digits, 32x32 colour, 73k/26k (.mat files)')

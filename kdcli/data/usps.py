@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from kdcli.data.base import DatasetInfo, ImageSet, Split
-from kdcli.data.locate import Download, FileSource
+from kdcli.data.locate import Download, FileSource, register_file_source
 from kdcli.errors import KDError
 
 FILES: dict[Split, str] = {"train": "usps.bz2", "test": "usps.t.bz2"}
@@ -62,7 +62,7 @@ def find_usps_files(folder: Path) -> dict[Split, Path] | None:
 
 
 def _downloads() -> list[Download]:
-    from torchvision.datasets import USPS
+    from torchvision.datasets import USPS  # noqa: PLC0415 - torchvision is imported only to download
 
     return [Download(url, filename, md5) for url, filename, md5 in USPS.split_list.values()]
 
@@ -79,11 +79,11 @@ USPS_INFO = DatasetInfo(
     class_names=tuple(str(d) for d in range(10)),
 )
 
-USPS = FileSource(
+USPS = register_file_source(FileSource(
     info=USPS_INFO,
     subdirs=("", "usps"),
     find=find_usps_files,
     read=read_usps_split,
     downloads=_downloads,
     expected=", ".join(FILES.values()),
-)
+), 'USPS digits, 16x16 gray, 7291/2007 (libsvm .bz2)')

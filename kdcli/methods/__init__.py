@@ -8,7 +8,9 @@ Importing this package registers them all in :data:`METHODS`; the contract they 
 :class:`kdcli.methods.base.Method`.
 """
 
-from kdcli.methods import supervised, datafree, online  # noqa: F401,I001  (each registers itself, in this order)
+# isort: off
+from kdcli.methods import supervised, datafree, online  # noqa: F401  (each registers itself, in this order)
+# isort: on
 from kdcli.methods.base import DEFAULT_PRESET, METHODS, Method, MethodContext, register_method
 
 __all__ = ["DEFAULT_PRESET", "METHODS", "Method", "MethodContext", "register_method"]

@@ -103,7 +103,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 # Imported for their side effect: each module registers its builders in MODELS.
-from kdcli.models import alexnet, lenet, mlp, resnet_cifar, wrn  # noqa: E402, F401
 # after resnet_cifar and wrn, so `kd list` shows the bottleneck families after the basic-block ones
-from kdcli.models import resnet_bottleneck  # noqa: E402, F401
-from kdcli.models import branched  # noqa: E402, F401
+from kdcli.models import (  # noqa: E402, F401
+    alexnet,
+    branched,  # noqa: E402, F401
+    lenet,
+    mlp,
+    resnet_bottleneck,  # noqa: E402, F401
+    resnet_cifar,
+    wrn,
+)

@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from kdcli.cli import app
 from kdcli.presets import methods_of, resolve_config
 
-
 runner = CliRunner()
 FAST = ["--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--device", "cpu"]
 

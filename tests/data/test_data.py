@@ -22,12 +22,16 @@ from kdcli.data import (
     DeviceLoader,
     ImageSet,
     available_offline,
+    builtin,
     channel_stats,
+    cifar,
+    folder,
     get_dataset,
+    idx,
     iterate_eval,
+    locate,
     split_train_val,
 )
-from kdcli.data import builtin, cifar, folder, idx, locate
 from kdcli.errors import KDError
 
 REAL_DATA = os.environ.get("KD_DATA_DIR")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from kdcli.data.synthetic import SAMPLES_PER_CLASS, SyntheticSet, normalise, read_set, to_pixels, write_set
 from kdcli.errors import KDError
 from kdcli.models.generator import GENERATORS, create_generator, load_generator
 from kdcli.pictures import row_label_margin
-from kdcli.data.synthetic import SAMPLES_PER_CLASS, SyntheticSet, normalise, read_set, to_pixels, write_set
 
 
 def _set(n: int = 25, classes: int = 5, size: int = 6) -> SyntheticSet:

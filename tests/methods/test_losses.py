@@ -30,13 +30,24 @@ def test_kd_loss_equals_torch_kl_div_on_random_logits():
     assert kd_loss(s, t, 3.0).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_kd_loss_is_zero_for_identical_logits_and_gradient_flows_only_to_student():
+def test_kd_loss_is_zero_with_zero_gradient_for_identical_logits():
     s = torch.randn(4, 5, requires_grad=True)
-    t = s.detach().clone().requires_grad_(True)
-    loss = kd_loss(s, t.detach(), 4.0)
+    loss = kd_loss(s, s.detach().clone(), 4.0)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     loss.backward()
-    assert s.grad is not None and t.grad is None
+    assert s.grad.abs().max().item() < 1e-6  # the teacher's prediction is the loss's minimum
+
+
+def test_kd_loss_student_gradient_is_t_times_the_probability_gap_and_a_live_teacher_gets_one_too():
+    """d/ds T²·KL(σ(t/T) ‖ σ(s/T)) = T·(σ(s/T) − σ(t/T)) / B. The loss does not detach the teacher:
+    callers pass detached teacher logits (a live one would be trained towards the student)."""
+    torch.manual_seed(0)
+    s = torch.randn(3, 4, requires_grad=True)
+    t = torch.randn(3, 4, requires_grad=True)
+    kd_loss(s, t, 2.0).backward()
+    expected = 2.0 * (torch.softmax(s.detach() / 2, 1) - torch.softmax(t.detach() / 2, 1)) / 3
+    assert torch.allclose(s.grad, expected, atol=1e-6)
+    assert t.grad is not None and t.grad.abs().max().item() > 1e-3
 
 
 def test_soft_cross_entropy_with_one_hot_target_is_cross_entropy():

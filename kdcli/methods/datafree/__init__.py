@@ -3,4 +3,6 @@
 Registration order is the order `kd` lists them (and the first is each command's default method).
 """
 
-from kdcli.methods.datafree import dafl, zskt, zskd, lopes, deepinversion, noise  # noqa: F401,I001  (each registers itself)
+# isort: off
+from kdcli.methods.datafree import dafl, zskt, zskd, lopes, deepinversion, noise  # noqa: F401  (each registers itself, in this order)
+# isort: on

@@ -16,7 +16,7 @@ images of a batch, so ``synth_batch`` is part of the objective here, not only sp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -8,14 +8,13 @@ a data-free method scores above this baseline is what its synthesis contributed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from kdcli.methods.base import Batch, Method, MethodContext, Preset, register_method, agreement
-from kdcli.methods.datafree.transfer import student_for, with_student
-from kdcli.methods.losses import kd_loss
+from kdcli.methods.base import Batch, Method, MethodContext, Preset, register_method
+from kdcli.methods.datafree.transfer import distill_step, student_for, with_student
 
 
 @dataclass
@@ -76,12 +75,7 @@ class NoiseDistill(Method):
         images = torch.randn(
             self.ctx.config.train.batch_size, info.channels, info.image_size, info.image_size, device=self.ctx.device
         )
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        student_logits = self.student(images)
-        loss = kd_loss(student_logits, teacher_logits, self.params.temperature)
-        agree = agreement(student_logits, teacher_logits)
-        return {"loss": loss, "agree": agree}
+        return distill_step(self.student, self.teacher, images, self.params.temperature)
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"student": self.student}

@@ -45,6 +45,16 @@ def with_student(presets: dict[str, Preset]) -> dict[str, Preset]:
             for name, table in presets.items()}
 
 
+def distill_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, temperature: float,
+                 ) -> dict[str, torch.Tensor]:
+    """Hinton KD on ``images`` with the teacher's soft targets at T (T² scaling). Parts: ``loss``, ``agree``."""
+    with torch.no_grad():
+        teacher_logits = teacher(images)
+    student_logits = student(images)
+    return {"loss": kd_loss(student_logits, teacher_logits, temperature),
+            "agree": agreement(student_logits, teacher_logits)}
+
+
 def student_for(ctx: MethodContext) -> nn.Module:
     info = ctx.info
     return create_model(ctx.config.model, info.channels, info.image_size, info.num_classes)
@@ -150,13 +160,7 @@ class TransferSetDistill(Method):
         return synthetic.normalise(pixels, self.ctx.info.mean, self.ctx.info.std)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        images = self.next_batch(step)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        student_logits = self.student(images)
-        loss = kd_loss(student_logits, teacher_logits, self.params.temperature)
-        agree = agreement(student_logits, teacher_logits)
-        return {"loss": loss, "agree": agree}
+        return distill_step(self.student, self.teacher, self.next_batch(step), self.params.temperature)
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"student": self.student}

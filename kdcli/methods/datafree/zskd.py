@@ -20,14 +20,14 @@ normalisation cancels β = 0.1; we apply β as the paper states.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.methods.base import Preset, register_method
-from kdcli.methods.losses import class_similarity, sample_dirichlet_targets
 from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
+from kdcli.methods.losses import class_similarity, sample_dirichlet_targets
 
 
 @dataclass

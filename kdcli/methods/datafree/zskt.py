@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from kdcli.methods.base import Batch, MethodContext, Preset, build_optimizer, register_method, agreement
+from kdcli.methods.base import Batch, MethodContext, Preset, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import at_loss, zskt_divergence
 from kdcli.models.generator import create_generator

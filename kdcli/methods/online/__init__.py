@@ -3,4 +3,6 @@
 Registration order is the order `kd` lists them (and the first is the command's default method).
 """
 
-from kdcli.methods.online import dml, cl, one, okddip, independent, codistill  # noqa: F401,I001  (each registers itself)
+# isort: off
+from kdcli.methods.online import dml, cl, one, okddip, independent, codistill  # noqa: F401  (each registers itself, in this order)
+# isort: on

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,9 +15,8 @@ from kdcli.methods.online.common import (
     BranchRunner,
     SharedTrunkMethod,
     build_branched,
-    check_count,
     paper_preset,
-    resolve_split,
+    resolve_branch_params,
 )
 from kdcli.models.branched import BranchedNet
 
@@ -63,12 +62,9 @@ class CL(SharedTrunkMethod):
 
     @classmethod
     def resolve_params(cls, params: CLParams, ctx: MethodContext) -> CLParams:
-        check_count(cls.name, "heads", params.peers)
         if not 0.0 <= params.beta <= 1.0:
             raise KDError(f"cl: beta must be in [0, 1] (got {params.beta})")
-        if params.temperature <= 0:
-            raise KDError(f"--temperature must be positive (got {params.temperature})")
-        return replace(params, split_at=resolve_split(ctx, cls.name, params.split_at))
+        return resolve_branch_params(cls.name, params, ctx, "heads", ramp=False)
 
     def __init__(self, ctx: MethodContext, params: CLParams) -> None:
         super().__init__(ctx, params)

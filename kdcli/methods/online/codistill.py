@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,9 @@ from kdcli import distributed
 from kdcli.config import RunConfig
 from kdcli.distributed import World
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, build_optimizer, register_method
+from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import kd_loss, mean_probability_logits
-from kdcli.methods.online.common import QUICK, MeanProbEnsemble, assemble_ensemble, build_peers, check_count
+from kdcli.methods.online.common import QUICK, PeerMethod, build_peers, check_count
 
 SHARDS = ("disjoint", "shared")
 
@@ -76,7 +76,7 @@ def copies_and_group(params: CodistillParams, config: RunConfig, world: World) -
 
 @register_method("codistill", command="distill-online",
                  help="Anil et al. 2018 codistillation: copies on ranks, stale weight exchange every K steps")
-class Codistill(Method):
+class Codistill(PeerMethod):
     """Loss of copy i: ``CE(y, z_i) + w · T²·KL(mean_{j≠i} σ(ẑ_j/T) ‖ σ(z_i/T))`` with ẑ_j the stale copy j
     (the second term only from step ``burn_in`` on). ``loss`` is the sum over copies; each copy's
     gradient is its own term. Parts: ``ce``, ``distill``, ``acc`` (means over copies), ``distill_on``,
@@ -84,7 +84,6 @@ class Codistill(Method):
     """
 
     Params = CodistillParams
-    primary = "peer0"
     data_parallel = False  # copies differ between ranks: the exchange and consolidate() are the collectives
     presets: ClassVar[dict[str, Preset]] = {"quick": QUICK}
 
@@ -239,16 +238,6 @@ class Codistill(Method):
         for j, opt in enumerate(self.optimizers()):
             if j != own:
                 opt.load_state_dict(states[j * self.group_size])
-
-    # -- evaluation -------------------------------------------------------------------------------
-    def eval_models(self) -> dict[str, nn.Module]:
-        models: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
-        models["ensemble"] = MeanProbEnsemble(list(self.peers))
-        return models
-
-    @classmethod
-    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
-        return assemble_ensemble(models, "peer")
 
 
 def _mean_target_logits(stale_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ peers' probabilities; for ONE, the gated network itself).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -178,6 +179,40 @@ def paper_preset(epochs: int, batch_size: int, milestones: list[int], weight_dec
     if method:
         values["method"] = method
     return {"*": values}
+
+
+class PeerMethod(Method):
+    """K separate peer models in ``self.peers`` (DML, independent, codistillation): a row per peer
+    (``peer0..``) and, with two or more, their mean-probability ``ensemble``."""
+
+    primary: ClassVar[str] = "peer0"
+    peers: nn.ModuleList
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        rows: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
+        if len(self.peers) > 1:
+            rows["ensemble"] = MeanProbEnsemble(list(self.peers))
+        return rows
+
+    @classmethod
+    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
+        return assemble_ensemble(models, "peer")
+
+
+def check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise KDError(f"--temperature must be positive (got {temperature})")
+
+
+def resolve_branch_params(name: str, params: Any, ctx: MethodContext, what: str, ramp: bool) -> Any:
+    """The shared checks of a branched method's hyperparameters (count, T), its split resolved and, with
+    ``ramp``, its ramp-up length (``ramp_epochs``) resolved against ``--epochs``."""
+    check_count(name, what, params.peers)
+    check_temperature(params.temperature)
+    changes: dict[str, Any] = {"split_at": resolve_split(ctx, name, params.split_at)}
+    if ramp:
+        changes["ramp_epochs"] = resolve_ramp(params.ramp_epochs, ctx.epochs)
+    return dataclasses.replace(params, **changes)
 
 
 class SharedTrunkMethod(Method):

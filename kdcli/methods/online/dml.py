@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, build_optimizer, register_method
+from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import mutual_loss, peer_kl, stacked_cross_entropy
 from kdcli.methods.online.common import (
     QUICK,
-    MeanProbEnsemble,
-    assemble_ensemble,
+    PeerMethod,
     build_peers,
+    check_temperature,
     frozen_batchnorm_stats,
     paper_preset,
     peer_architectures,
@@ -46,14 +46,13 @@ class DMLParams:
 
 @register_method("dml", command="distill-online",
                  help="Deep Mutual Learning, Zhang et al. 2018: K peers mimic each other")
-class DML(Method):
+class DML(PeerMethod):
     """Peer i minimises ``CE(y, z_i) + 1/(K−1) Σ_{j≠i} T²·KL(σ(z_j/T) ‖ σ(z_i/T))``; ``z_j`` is a constant for peer i.
 
     Parts: ``ce`` and ``kl`` (means over peers), ``acc`` (mean peer accuracy). Rows: ``peer0..``, ``ensemble``.
     """
 
     Params = DMLParams
-    primary = "peer0"
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,
         # CIFAR-100: SGD Nesterov 0.9, lr 0.1 ÷10 at 60/120/180, 200 epochs, batch 64, wd 5e-4.
@@ -64,8 +63,7 @@ class DML(Method):
     def resolve_params(cls, params: DMLParams, ctx: MethodContext) -> DMLParams:
         if params.update not in UPDATES:
             raise KDError(f"--update must be one of {', '.join(UPDATES)} (got {params.update!r})")
-        if params.temperature <= 0:
-            raise KDError(f"--temperature must be positive (got {params.temperature})")
+        check_temperature(params.temperature)
         return replace(params, peers=len(peer_architectures(ctx, cls.name, params.peers)))
 
     def __init__(self, ctx: MethodContext, params: DMLParams) -> None:
@@ -120,15 +118,6 @@ class DML(Method):
                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         acc = torch.stack([accuracy(z, labels) for z in logits.detach()]).mean()
         return {"loss": loss, "ce": ce.detach().mean(), "kl": kl.detach().mean(), "acc": acc}
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        rows: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
-        rows["ensemble"] = MeanProbEnsemble(list(self.peers))
-        return rows
-
-    @classmethod
-    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
-        return assemble_ensemble(models, "peer")
 
     def graphable_models(self) -> dict[str, nn.Module]:
         # Alternating calls each earlier peer a second time per step, so only simultaneous is graphed.

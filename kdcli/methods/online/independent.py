@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, register_method
+from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import stacked_cross_entropy
 from kdcli.methods.online.common import (
     QUICK,
-    MeanProbEnsemble,
-    assemble_ensemble,
+    PeerMethod,
     build_peers,
     paper_preset,
     peer_architectures,
@@ -31,14 +30,13 @@ class IndependentParams:
 
 @register_method("independent", command="distill-online",
                  help="baseline: the same K peers with no distillation term")
-class Independent(Method):
+class Independent(PeerMethod):
     """K peers trained side by side on the same batches with cross-entropy only: ``Σ_i CE(y, z_i)``.
 
     Parts: ``ce`` (mean over peers), ``acc`` (mean over peers). Rows: ``peer0..``, ``ensemble``.
     """
 
     Params = IndependentParams
-    primary = "peer0"
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,
         # The DML paper's CIFAR-100 protocol, so `independent` is DML's baseline under the same budget.
@@ -60,16 +58,6 @@ class Independent(Method):
         detached = logits.detach()
         acc = torch.stack([accuracy(z, labels) for z in detached]).mean()
         return {"loss": ce.sum(), "ce": ce.detach().mean(), "acc": acc}
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        rows: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
-        if len(self.peers) > 1:
-            rows["ensemble"] = MeanProbEnsemble(list(self.peers))
-        return rows
-
-    @classmethod
-    def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
-        return assemble_ensemble(models, "peer")
 
     def graphable_models(self) -> dict[str, nn.Module]:
         return {f"peer{i}": peer for i, peer in enumerate(self.peers)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -17,11 +17,9 @@ from kdcli.methods.online.common import (
     BranchRunner,
     SharedTrunkMethod,
     build_branched,
-    check_count,
     paper_preset,
     ramp_at,
-    resolve_ramp,
-    resolve_split,
+    resolve_branch_params,
 )
 from kdcli.models.branched import BranchedNet
 
@@ -76,13 +74,9 @@ class OKDDip(SharedTrunkMethod):
 
     @classmethod
     def resolve_params(cls, params: OKDDipParams, ctx: MethodContext) -> OKDDipParams:
-        check_count(cls.name, "auxiliary peers", params.peers)
-        if params.temperature <= 0:
-            raise KDError(f"--temperature must be positive (got {params.temperature})")
         if params.projection_ratio < 1:
             raise KDError(f"okddip: projection_ratio must be ≥ 1 (got {params.projection_ratio})")
-        return replace(params, ramp_epochs=resolve_ramp(params.ramp_epochs, ctx.epochs),
-                       split_at=resolve_split(ctx, cls.name, params.split_at))
+        return resolve_branch_params(cls.name, params, ctx, "auxiliary peers", ramp=True)
 
     def __init__(self, ctx: MethodContext, params: OKDDipParams) -> None:
         super().__init__(ctx, params)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.errors import KDError
 from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import peer_kl, stacked_cross_entropy
 from kdcli.methods.online.common import (
@@ -17,12 +16,10 @@ from kdcli.methods.online.common import (
     BranchRunner,
     BranchView,
     build_branched,
-    check_count,
     export_branches,
     paper_preset,
     ramp_at,
-    resolve_ramp,
-    resolve_split,
+    resolve_branch_params,
 )
 from kdcli.models.branched import BranchedNet
 
@@ -66,11 +63,7 @@ class ONE(Method):
 
     @classmethod
     def resolve_params(cls, params: ONEParams, ctx: MethodContext) -> ONEParams:
-        check_count(cls.name, "branches", params.peers)
-        if params.temperature <= 0:
-            raise KDError(f"--temperature must be positive (got {params.temperature})")
-        return replace(params, ramp_epochs=resolve_ramp(params.ramp_epochs, ctx.epochs),
-                       split_at=resolve_split(ctx, cls.name, params.split_at))
+        return resolve_branch_params(cls.name, params, ctx, "branches", ramp=True)
 
     def __init__(self, ctx: MethodContext, params: ONEParams) -> None:
         super().__init__(ctx, params)

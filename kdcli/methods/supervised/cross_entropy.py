@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Batch, Method, MethodContext, NoParams, Preset, accuracy, register_method
+from kdcli.methods.base import (
+    GENTLE_WITHOUT_BATCHNORM,
+    Batch,
+    Method,
+    MethodContext,
+    NoParams,
+    Preset,
+    accuracy,
+    register_method,
+)
 from kdcli.models import create_model
 
 

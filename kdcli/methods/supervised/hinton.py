@@ -9,7 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Batch, Method, MethodContext, Preset, accuracy, register_method, agreement
+from kdcli.methods.base import (
+    GENTLE_WITHOUT_BATCHNORM,
+    Batch,
+    Method,
+    MethodContext,
+    Preset,
+    accuracy,
+    agreement,
+    register_method,
+)
 from kdcli.methods.losses import kd_loss
 from kdcli.models import create_model
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcli.methods.datafree import lopes_statistics as metadata
 from kdcli.errors import KDError
+from kdcli.methods.datafree import lopes_statistics as metadata
 from kdcli.run import record_statistics, train
 from tests.conftest import digits_config
 
@@ -41,17 +41,6 @@ def lopes_teacher(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copytree(teacher_run, copy)
     record_statistics(str(copy), device="cpu")
     return copy
-
-
-@pytest.fixture(scope="session")
-def bn_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ResNet-20 on digits (BatchNorm, for DeepInversion): 3 epochs."""
-    out = tmp_path_factory.mktemp("bn") / "teacher"
-    config = digits_config(epochs=3)
-    config.model = "resnet20"
-    config.out = str(out)
-    train(config, quiet=True)
-    return out
 
 
 @pytest.fixture(scope="session")

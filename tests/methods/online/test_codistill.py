@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from kdcli.config import RunConfig
-from kdcli.distributed import Shard
+from kdcli.distributed import Shard, World
 from kdcli.errors import KDError
 from kdcli.evaluate import churn
 from kdcli.methods import METHODS
 from kdcli.methods.online import codistill as codistill_module
-from kdcli.distributed import World
 from kdcli.methods.online.codistill import Codistill, CodistillParams
 from kdcli.run import train
 from tests.test_distributed import assert_same_history, assert_same_weights, reference_run, torchrun
