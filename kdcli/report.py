@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], console: Console | None = None) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], console: Console | None = None,
+                text_columns: int = 2) -> None:
+    """A rich table: the first ``text_columns`` columns left-aligned (names), the others right-aligned (numbers)."""
     table = Table(title=title, header_style="bold")
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i < 2 else "right")
+        table.add_column(col, justify="left" if i < text_columns else "right")
     for row in rows:
         table.add_row(*[_fmt(v) for v in row])
     # piped output (CI logs, `| less`) keeps the whole table instead of rich's 80-column default

@@ -51,7 +51,7 @@ def list_(
             print_json(detail)
             return
         for title, columns, rows in detail["tables"]:
-            print_table(title, columns, rows)
+            print_table(title, columns, rows, text_columns=len(columns))
         return
     sections = [what] if what else list(WHAT)
     out = {section: _section(section, options["data_dir"], live=what == "datasets") for section in sections}
@@ -61,7 +61,7 @@ def list_(
     for section, rows in out.items():
         if rows:
             columns = list(rows[0])
-            print_table(f"kd {section}", columns, [[r[c] for c in columns] for r in rows])
+            print_table(f"kd {section}", columns, [[r[c] for c in columns] for r in rows], text_columns=len(columns))
 
 
 def _section(section: str, data_dir: str | None, live: bool) -> list[dict[str, Any]]:
@@ -97,25 +97,40 @@ def _model_detail(name: str) -> dict[str, Any]:
             "tables": [(f"kd model {name}", ["input", "classes", "params", "stages"], rows)]}
 
 
+def _value(value: Any) -> str:
+    """A preset or default value as it is typed on the command line (``2e-3`` stays ``0.002``, lists comma-joined)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(_value(v) for v in value)
+    return "—" if value is None else str(value)
+
+
 def _method_detail(name: str) -> dict[str, Any]:
     method = catalog.method(name)
     if method is None:
         raise unknown("method", name, [m["name"] for m in catalog.catalog()["methods"]])
-    params = [[p["name"], p["default"], p["about"]] for p in method["params"]]
-    presets = []
-    for preset, table in method["presets"].items():
-        for dataset, values in table.items():
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    presets += [[preset, dataset, f"{key}.{k}", v] for k, v in value.items()]
-                else:
-                    presets.append([preset, dataset, key, value])
+    params = [[p["name"], _value(p["default"]), p["about"]] for p in method["params"]]
+    columns = [(preset, dataset) for preset, table in method["presets"].items() for dataset in table]
+    keys: list[str] = []
+    for preset, dataset in columns:
+        for key, value in method["presets"][preset][dataset].items():
+            flat = [f"{key}.{k}" for k in value] if isinstance(value, dict) else [key]
+            keys += [k for k in flat if k not in keys]
+
+    def cell(preset: str, dataset: str, key: str) -> str:
+        values = method["presets"][preset][dataset]
+        head, _, sub = key.partition(".")
+        value = values.get(head, {}).get(sub) if sub else values.get(head)
+        return "" if value is None and (head not in values or sub) else _value(value)
+
+    presets = [[key, *[cell(p, d, key) for p, d in columns]] for key in keys]
     return {
         **{k: method[k] for k in ("name", "command", "about", "doc", "presets", "params")},
         "tables": [
             (f"kd {method['command']} --method {name}: {method['doc']}", ["hyperparameter", "default", "about"],
-             params or [["—", None, "no hyperparameters of its own"]]),
-            (f"{name} presets (defaults < preset < --config TOML < flags)", ["preset", "dataset", "key", "value"],
-             presets),
+             params or [["—", "—", "no hyperparameters of its own"]]),
+            (f"{name} presets (defaults < preset < --config TOML < flags; an entry per dataset, * = any other)",
+             ["key", *[f"{p} ({d})" for p, d in columns]], presets),
         ],
     }
