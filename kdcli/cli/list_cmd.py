@@ -110,12 +110,18 @@ def _method_detail(name: str) -> dict[str, Any]:
                     presets += [[preset, dataset, f"{key}.{k}", v] for k, v in value.items()]
                 else:
                     presets.append([preset, dataset, key, value])
+    notes = method.get("preset_notes", {})
+    tables = [
+        (f"kd {method['command']} --method {name}: {method['doc']}", ["hyperparameter", "default", "about"],
+         params or [["—", None, "no hyperparameters of its own"]]),
+        (f"{name} presets (defaults < preset < --config TOML < flags)", ["preset", "dataset", "key", "value"],
+         presets),
+    ]
+    if notes:
+        tables.append((f"what {name}'s presets reproduce, and the source of each detail", ["preset", "reproduces"],
+                       [[preset, text] for preset, text in notes.items()]))
     return {
         **{k: method[k] for k in ("name", "command", "about", "doc", "presets", "params")},
-        "tables": [
-            (f"kd {method['command']} --method {name}: {method['doc']}", ["hyperparameter", "default", "about"],
-             params or [["—", None, "no hyperparameters of its own"]]),
-            (f"{name} presets (defaults < preset < --config TOML < flags)", ["preset", "dataset", "key", "value"],
-             presets),
-        ],
+        "preset_notes": notes,
+        "tables": tables,
     }
