@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -207,9 +208,9 @@ def run_one(planned: Planned, seed: int, out: Path, epochs: int | None = None) -
             if diff or info.get("seed") != seed:
                 raise SystemExit(f"{out} holds a finished run with another budget or seed ({'; '.join(diff)}); "
                                  "choose another --runs folder")
-            return {**info, "wall_s": info["wall_time_s"]}
+            return {**info, "wall_s": info["wall_time_s"], "cpu_s": float("nan")}  # not measured again
     print("$", shlex.join(cmd), flush=True)
-    started = time.time()
+    started, cpu_before = time.time(), _children_cpu_s()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-m", "kdcli", *cmd[1:], "--quiet", "--json", "--overwrite"], cwd=ROOT,
                           capture_output=True, text=True, env=env)
@@ -217,7 +218,14 @@ def run_one(planned: Planned, seed: int, out: Path, epochs: int | None = None) -
     if done.returncode != 0:
         raise SystemExit(f"run failed ({done.returncode}): {shlex.join(cmd)}\n{done.stderr.strip()[-2000:]}")
     print(f"  done in {wall:.0f}s: {out}", flush=True)
-    return {**json.loads(run_json.read_text()), "wall_s": wall}
+    # CPU seconds the run used: on a machine shared with other jobs a better guide than the wall time (only
+    # meaningful when runs go one at a time, as --estimate runs them)
+    return {**json.loads(run_json.read_text()), "wall_s": wall, "cpu_s": _children_cpu_s() - cpu_before}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _expected(planned: Planned, epochs: int | None) -> dict[str, Any]:
@@ -285,7 +293,7 @@ def table(pairs: list[Pair], results: dict[str, tuple[list[dict], list[dict]]], 
     first = infos[pairs[0].name][0]
     where = first.get("device_name") or first.get("device")
     lines = [
-        f"**{args.dataset}, {args.model}, each method under its scaled paper protocol next to its matched "
+        f"**{args.label or args.dataset}, {args.model}, each method under its scaled paper protocol next to its matched "
         f"baseline; seeds {_text(seeds)}; {where}**",
         "",
         f"Top-1 % on the test split at the last epoch, mean ± std over {len(seeds)} seed(s). \"top-1\" is the "
@@ -345,7 +353,8 @@ def estimate(pairs: list[Pair], args: argparse.Namespace) -> dict[str, Any]:
     """One epoch of every run of the plan (first seed, one at a time), then the plan's total time."""
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs)
-    rows, total = [], 0.0
+    rows, total, cpu_total = [], 0.0, 0.0
+    load_before = round(os.getloadavg()[0], 2)
     for pair in pairs:
         for planned in (pair.method, pair.baseline):
             info = run_one(planned, seeds[0], out_dir(runs, planned, pair, seeds[0], "-estimate"), epochs=1)
@@ -353,16 +362,26 @@ def estimate(pairs: list[Pair], args: argparse.Namespace) -> dict[str, Any]:
             overhead_s = max(0.0, info["wall_s"] - epoch_s)
             epochs = planned.config.train.epochs
             run_s = epoch_s * epochs + overhead_s
+            # the same split for CPU seconds: the share of the run's CPU time spent in its one epoch
+            cpu_epoch_s = info["cpu_s"] * epoch_s / max(info["wall_s"], 1e-9)
+            cpu_run_s = cpu_epoch_s * epochs + (info["cpu_s"] - cpu_epoch_s)
             total += run_s * len(seeds)
+            cpu_total += cpu_run_s * len(seeds)
             rows.append({"run": planned.label, "pair": pair.name, "epoch_s": epoch_s, "overhead_s": round(overhead_s, 1),
-                         "epochs": epochs, "run_s": round(run_s, 1)})
-    print(f"\nOne epoch of each run ({args.dataset}, {args.model}, device {args.device}):\n")
-    print("| run | s/epoch (1st epoch, incl. warm-up) | start-up + eval s | epochs | s per seed |")
-    print("|---|---|---|---|---|")
+                         "epochs": epochs, "run_s": round(run_s, 1), "cpu_epoch_s": round(cpu_epoch_s, 1),
+                         "cpu_run_s": round(cpu_run_s, 1)})
+    print(f"\nOne epoch of each run ({args.label or args.dataset}, {args.model}, device {args.device}; "
+          f"load average before: {load_before}, after: {os.getloadavg()[0]:.1f}):\n")
+    print("| run | wall s/epoch (1st epoch, incl. warm-up) | start-up + eval s | CPU s/epoch | epochs | wall s per seed "
+          "| CPU s per seed |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['epoch_s']:.1f} | {r['overhead_s']:.0f} | {r['epochs']} | {r['run_s']:.0f} |")
-    print(f"\nEstimated total for {len(seeds)} seed(s), one run at a time: {total / 3600:.2f} h ({total:.0f} s)")
-    return {"rows": rows, "total_s": round(total, 1), "seeds": len(seeds)}
+        print(f"| {r['run']} | {r['epoch_s']:.1f} | {r['overhead_s']:.0f} | {r['cpu_epoch_s']:.1f} | {r['epochs']} | "
+              f"{r['run_s']:.0f} | {r['cpu_run_s']:.0f} |")
+    print(f"\nEstimated total for {len(seeds)} seed(s), one run at a time: {total / 3600:.2f} h wall at this load "
+          f"({total:.0f} s); {cpu_total / 3600:.2f} CPU-hours")
+    return {"rows": rows, "total_s": round(total, 1), "cpu_total_s": round(cpu_total, 1), "seeds": len(seeds),
+            "load_average": [load_before, round(os.getloadavg()[0], 2)]}
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
@@ -381,6 +400,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--label", default="", help="the dataset's name in the table (default: --dataset)")
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--split-at", default="", help="first per-branch stage for cl/one/okddip (default: the last)")
     parser.add_argument("--methods", default=",".join(METHODS), help="NAME or NAME:PRESET, comma-separated")
