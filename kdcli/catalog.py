@@ -25,7 +25,7 @@ from typing import Any
 
 import kdcli
 
-CATALOG_VERSION = "1"
+CATALOG_VERSION = "2"
 
 
 def cache_dir() -> Path:
@@ -109,6 +109,7 @@ def _method_entry(entry: Any) -> dict[str, Any]:
         "doc": (inspect.getdoc(cls) or "").split("\n\n")[0],
         "module": cls.__module__,
         "presets": _jsonable(cls.presets),
+        "preset_notes": dict(cls.preset_notes),
         "params": params,
         "needs_teacher": cls.needs_teacher,
         "needs_data": cls.needs_data,

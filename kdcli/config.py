@@ -37,7 +37,8 @@ class OptimConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | step | constant
-    milestones: list[int] = field(default_factory=list)  # epochs where a step schedule multiplies by gamma
+    # epochs where a step schedule multiplies by gamma; a scaled paper preset may put one mid-epoch
+    milestones: list[float] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: float = 0.0
 
@@ -69,7 +70,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method_params: dict[str, Any] = field(default_factory=dict)
-    #: values the resolution changed beyond the layers it applies, and why (the no-BatchNorm rule)
+    #: values the resolution changed beyond the layers it applies, and why (the no-BatchNorm rule, a preset
+    #: scaled to another number of epochs)
     adjusted: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

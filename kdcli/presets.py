@@ -5,9 +5,17 @@ A preset has one shape for every command and method (:attr:`kdcli.methods.base.M
     {preset name: {dataset name or "*": overrides}}
 
 The overrides are flat config keys (``epochs``, ``lr``, ``model``, ``milestones``...), ``method`` (a
-table of the method's own hyperparameters), and optionally ``no_batchnorm``: values that apply, unless
-the user set them, when the model has no BatchNorm (``lr`` is a cap, ``warmup_epochs`` a floor: LeNet-5
-diverged on MNIST at the ResNet rate of 0.1).
+table of the method's own hyperparameters), and optionally two rules:
+
+* ``no_batchnorm``: values that apply, unless the user set them, when the model has no BatchNorm
+  (``lr`` is a cap, ``warmup_epochs`` a floor: LeNet-5 diverged on MNIST at the ResNet rate of 0.1);
+* ``scale_with_epochs``: the keys whose values are counted in the preset's own ``epochs`` (a step
+  schedule's ``milestones``, a ramp-up's ``method.ramp_epochs``, a burn-in's ``method.burn_in``).
+  When the run's epochs differ from the preset's (``--epochs 30`` on a 300-epoch paper protocol),
+  each of them that the user did not set is multiplied by run epochs ÷ preset epochs, so a shortened
+  paper run still decays its learning rate and ramps its distillation weight at the same fractions of
+  training. A scaled integer stays an integer, except milestones (the schedule is a function of the
+  fractional epoch, so 22.5 decays half-way through epoch 23).
 
 :func:`resolve_config` is the only place a run's config is put together, for every command, in this
 order (each layer wins over the one before it):
@@ -20,8 +28,9 @@ order (each layer wins over the one before it):
 
 The run's dataset (which picks the preset's entry) is the one named by the flags or the TOML file,
 else the teacher's (commands with ``--teacher``), else the preset's ``"*"`` entry, else ``digits``.
-The preset's name and every value the ``no_batchnorm`` rule changed are kept in the config
-(``preset``, ``adjusted``), so ``run.json`` says how the numbers were chosen.
+The preset's name and every value the two rules changed are kept in the config (``preset``,
+``adjusted``: ``{key: "old → new: why"}``), so ``run.json`` says how the numbers were chosen, and
+the orchestrator prints them when a run starts.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from kdcli.methods.base import Method, Preset
 from kdcli.models import MODELS, create_model
 
 NO_BATCHNORM = "no_batchnorm"
+SCALE_WITH_EPOCHS = "scale_with_epochs"
 #: How the refusal of another command's method reads, per command ("... is not an online method").
 KINDS = {"distill-online": "an online", "distill-datafree": "a data-free", "synthesize": "a synthesising",
          "distill": "a distill", "train-teacher": "a train-teacher"}
@@ -149,6 +159,7 @@ def resolve_config(
     values = preset_values(cls, preset, dataset or "*")
     dataset = dataset or values.get("dataset") or RunConfig().data.dataset
     no_batchnorm = values.pop(NO_BATCHNORM, {})
+    scaled = values.pop(SCALE_WITH_EPOCHS, [])
 
     config = RunConfig(command=command, method=method, preset=preset)
     apply_overrides(config, values, f"preset {preset}")
@@ -157,6 +168,9 @@ def resolve_config(
     config.data.dataset = dataset
     config.method_params.update({k.replace("-", "_"): v for k, v in method_flags.items()})
     explicit = _explicit_keys(from_file) | _explicit_keys(flags)
+    if scaled and "epochs" in values:
+        explicit_method = {k.replace("-", "_") for k in {**from_file.get("method", {}), **method_flags}}
+        scale_with_epochs(config, scaled, values["epochs"], explicit, explicit_method)
     if no_batchnorm and config.model in MODELS and not has_batchnorm(config.model):
         _apply_no_batchnorm(config, no_batchnorm, explicit)
     return config
@@ -164,6 +178,48 @@ def resolve_config(
 
 def _sets(values: dict[str, Any], key: str) -> bool:
     return key in _explicit_keys(values)
+
+
+def _scaled(value: float, factor: float, integer: bool) -> float:
+    scaled = value * factor
+    if integer:
+        return int(round(scaled))
+    scaled = round(scaled, 6)
+    return int(scaled) if float(scaled).is_integer() else scaled
+
+
+def _shown(value: Any) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+
+
+def scale_with_epochs(config: RunConfig, keys: list[str], preset_epochs: int, explicit: set[str],
+                      explicit_method: set[str]) -> None:
+    """Multiply the preset's epoch-counted ``keys`` by ``config.train.epochs / preset_epochs`` (see the module
+    docstring); keys the user set (``explicit``, ``explicit_method``) keep their values. Records each change
+    in ``config.adjusted``."""
+    epochs = config.train.epochs
+    if epochs == preset_epochs:
+        return
+    factor = epochs / preset_epochs
+    why = f"the {config.preset} preset is {preset_epochs} epochs, this run {epochs} (×{factor:.4g})"
+    for key in keys:
+        if key.startswith("method."):
+            name = key.removeprefix("method.")
+            if name in explicit_method or config.method_params.get(name) is None:
+                continue
+            old = config.method_params[name]
+            new = _scaled(old, factor, integer=isinstance(old, int))
+            config.method_params[name] = new
+        else:
+            section = next(s for s in (config.optim, config.train, config.data) if hasattr(s, key))
+            old = getattr(section, key)
+            if key in explicit or old is None:
+                continue
+            new = [_scaled(v, factor, integer=False) for v in old] if isinstance(old, list) else \
+                _scaled(old, factor, integer=isinstance(old, int))
+            setattr(section, key, new)
+        if new != old:
+            config.adjusted[key] = f"{_shown(old)} → {_shown(new)}: {why}"
 
 
 def _apply_no_batchnorm(config: RunConfig, rule: dict[str, Any], explicit: set[str]) -> None:

@@ -212,6 +212,8 @@ def train(
     world = world or distributed.init_from_env(config.train.device)
     with progress.silenced(quiet or not world.is_main):  # one progress display and one table per job
         built = build(config, world, param_values)
+        for key, why in built.config.adjusted.items():  # what resolution changed (a scaled preset...), said up front
+            progress.log(f"adjusted {key}: {why}")
         final = _train_built(built, resume, resume_state, overwrite, argv, after_step)
     if joined:
         distributed.shutdown()

@@ -16,7 +16,9 @@ COMMAND = "distill-online"
 Method = Annotated[Optional[str], typer.Option("--method", help="dml | cl | one | okddip | codistill | independent "
                                                "(`kd list methods`).", rich_help_panel="Method")]
 Baseline = Annotated[Optional[str], typer.Option("--baseline", help="An `independent` run to show beside this one "
-                                                 "in the final table.", rich_help_panel="Run")]
+                                                 "in the final table; refused unless it trained under the same "
+                                                 "budget (data, schedule, precision, model, members).",
+                                                 rich_help_panel="Run")]
 
 
 @handle_errors
@@ -26,42 +28,60 @@ def distill_online(options: Options, method: Method = None, baseline: Baseline =
     """Train peers or branches together: DML, CL-ILR, ONE, OKDDip, codistillation, or independent.
 
     The final table has a row per peer or branch, the ensemble (mean of peer probabilities; gated for
-    ONE) and, for OKDDip, the leader. --preset paper loads the method's paper protocol.
+    ONE) and, for OKDDip, the leader. --preset paper loads the protocol behind the paper's number, end
+    to end (all training images, fp32); --epochs N scales its milestones and ramp-up by N / its epochs.
+    --baseline RUN shows an `independent` run beside this one, refused unless it trained under the
+    same budget.
 
     Examples:
 
     kd distill-online --method dml --peers 2 --model resnet20
 
-    kd distill-online --method one --model resnet32 --split-at stage3 --preset paper --dataset cifar100
+    kd distill-online --method one --preset paper --dataset cifar100
 
-    kd distill-online --method independent --peers 2 --model resnet20 --out runs/base; kd distill-online --method dml --baseline runs/base
+    kd distill-online --method okddip --preset paper --epochs 30 --dataset cifar100
+
+    kd distill-online --method independent --peers 2 --model resnet20 --out runs/base; kd distill-online --method dml --peers 2 --model resnet20 --baseline runs/base
     """
     from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    baseline_info = _check_baseline(baseline) if baseline else None
     config = None if options["resume"] else to_config(COMMAND, options, method)
+    baseline_info = _check_baseline(baseline, config) if baseline else None
     result = train(config, resume=options["resume"], overwrite=options["overwrite"],
                    quiet=options["quiet"] or options["json"], argv=argv())
     baseline_rows = _baseline_rows(baseline, baseline_info, result) if baseline else []
     report_online(result, baseline_rows, options["json"])
 
 
-def _check_baseline(baseline: str) -> dict[str, Any]:
-    """Refuse a baseline that is not a complete run before anything is trained or written."""
-    from kdcli import checkpoint  # noqa: PLC0415 - imports torch; `kd --help` must not
+def _check_baseline(baseline: str, config: Any) -> dict[str, Any]:
+    """Refuse, before anything is trained or written, a baseline that is not a complete run or whose budget
+    differs from the run about to start (``config``; None when resuming: checked after training)."""
+    from kdcli import budget, checkpoint  # noqa: PLC0415 - imports torch; `kd --help` must not
 
     info = checkpoint.read_run(baseline)
     if info.get("status") != "complete":
         raise KDError(f"--baseline {baseline} is not a complete run")
+    if config is not None:
+        _refuse_other_budget(baseline, budget.budget_of(config), budget.run_budget(info))
     return info
 
 
-def _baseline_rows(baseline: str, info: dict[str, Any], result: dict[str, Any]) -> list[list[Any]]:
-    from kdcli.evaluate import evaluate_runs  # noqa: PLC0415 - imports torch; `kd --help` must not
+def _refuse_other_budget(baseline: str, ours: dict[str, Any], theirs: dict[str, Any], done: str = "") -> None:
+    from kdcli.budget import differences  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    if info["dataset"]["name"] != result["dataset"]["name"]:
-        raise KDError(f"--baseline {baseline} was trained on {info['dataset']['name']}, "
-                      f"this run on {result['dataset']['name']}")
+    diff = differences(ours, theirs)
+    if diff:
+        raise KDError(f"--baseline {baseline} trained under another budget (this run vs the baseline: "
+                      f"{'; '.join(diff)}){done}")
+
+
+def _baseline_rows(baseline: str, info: dict[str, Any], result: dict[str, Any]) -> list[list[Any]]:
+    from kdcli.budget import run_budget  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli.evaluate import evaluate_runs  # noqa: PLC0415
+
+    # Resolved hyperparameters (a resumed run, peers under torchrun) are only known now.
+    _refuse_other_budget(baseline, run_budget(result), run_budget(info),
+                         f"; this run itself is complete: {result['run_dir']}")
     rows = evaluate_runs([baseline], device=result["config"]["train"]["device"], measure_latency=False)
     return [[f"{baseline}:{r['role']}", r["model"], r["top1"] * 100, r["top5"] * 100, r["params"]] for r in rows]
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from kdcli.cli.common import handle_errors
 from kdcli.cli.options import Options, command
+from kdcli.errors import KDError
 
 
 @handle_errors
@@ -20,6 +21,9 @@ def evaluate(
     churn: Annotated[bool, typer.Option(
         "--churn", help="Also report prediction churn: the share of test images two models label differently "
         "(every pair of the runs given, or of one run's copies).")] = False,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="A run to compare every RUN with (its rows come first): refused unless each RUN trained "
+        "under its budget (data, schedule, optimiser, precision, model, members).")] = None,
 ) -> None:
     """Score runs on the test split: top-1/top-5, params, size, CPU latency, agreement with the teacher.
 
@@ -32,12 +36,17 @@ def evaluate(
     kd evaluate runs/teacher runs/student runs/student-alone
 
     kd evaluate runs/dml --churn --json
+
+    kd evaluate runs/dml --baseline runs/independent
     """
     from kdcli.evaluate import churn as churn_between  # noqa: PLC0415 - imports torch; `kd --help` must not
     from kdcli.evaluate import evaluate_runs  # noqa: PLC0415
     from kdcli.report import print_json, print_table  # noqa: PLC0415
 
     dataset, data_dir, device = options["dataset"], options["data_dir"], options["device"] or "auto"
+    if baseline:
+        _check_budgets(baseline, runs)
+        runs = [baseline, *runs]
     rows = evaluate_runs(runs, dataset=dataset, data_dir=data_dir, device=device, batch_size=batch_size,
                          measure_latency=latency)
     churn_rows = churn_between(runs, dataset=dataset, data_dir=data_dir, device=device,
@@ -73,3 +82,14 @@ def _size(n: int | None) -> str | None:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return None
+
+
+def _check_budgets(baseline: str, runs: list[str]) -> None:
+    """Refuse (one line, before any model is loaded) a run whose training budget differs from the baseline's."""
+    from kdcli import budget, checkpoint  # noqa: PLC0415 - imports torch; `kd --help` must not
+
+    theirs = budget.run_budget(checkpoint.resolve_role(baseline)[2])
+    for run in runs:
+        diff = budget.differences(budget.run_budget(checkpoint.resolve_role(run)[2]), theirs)
+        if diff:
+            raise KDError(f"{run} and --baseline {baseline} trained under different budgets ({'; '.join(diff)})")

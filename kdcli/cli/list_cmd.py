@@ -125,12 +125,18 @@ def _method_detail(name: str) -> dict[str, Any]:
         return "" if value is None and (head not in values or sub) else _value(value)
 
     presets = [[key, *[cell(p, d, key) for p, d in columns]] for key in keys]
+    notes = method.get("preset_notes", {})
+    tables = [
+        (f"kd {method['command']} --method {name}: {method['doc']}", ["hyperparameter", "default", "about"],
+         params or [["—", "—", "no hyperparameters of its own"]]),
+        (f"{name} presets (defaults < preset < --config TOML < flags; an entry per dataset, * = any other)",
+         ["key", *[f"{p} ({d})" for p, d in columns]], presets),
+    ]
+    if notes:
+        tables.append((f"what {name}'s presets reproduce, and the source of each detail", ["preset", "reproduces"],
+                       [[preset, text] for preset, text in notes.items()]))
     return {
         **{k: method[k] for k in ("name", "command", "about", "doc", "presets", "params")},
-        "tables": [
-            (f"kd {method['command']} --method {name}: {method['doc']}", ["hyperparameter", "default", "about"],
-             params or [["—", "—", "no hyperparameters of its own"]]),
-            (f"{name} presets (defaults < preset < --config TOML < flags; an entry per dataset, * = any other)",
-             ["key", *[f"{p} ({d})" for p, d in columns]], presets),
-        ],
+        "preset_notes": notes,
+        "tables": tables,
     }

@@ -79,12 +79,16 @@ OPTIONS: dict[str, Opt] = {
     "lr": _config(("--lr",), "Peak learning rate.", Optional[float], "lr", TRAINING),
     "optimizer": _config(("--optimizer",), "sgd | adam.", Optional[str], "optimizer", TRAINING),
     "schedule": _config(("--schedule",), "cosine | step | constant.", Optional[str], "schedule", TRAINING),
-    "milestones": _config(("--milestones",), "Epochs where a step schedule decays, e.g. 60,120,180.", Optional[str],
-                          "milestones", TRAINING),
+    "milestones": _config(("--milestones",), "Epochs where a step schedule decays, e.g. 60,120,180 (7.5 = mid-epoch).",
+                          Optional[str], "milestones", TRAINING),
+    "gamma": _config(("--gamma",), "Factor a step schedule multiplies the learning rate by at each milestone.",
+                     Optional[float], "gamma", TRAINING),
     "warmup_epochs": _config(("--warmup-epochs",), "Linear learning-rate warm-up, in epochs.", Optional[float],
                              "warmup_epochs", TRAINING),
     "weight_decay": _config(("--weight-decay",), "Weight decay.", Optional[float], "weight_decay", TRAINING),
     "momentum": _config(("--momentum",), "SGD momentum.", Optional[float], "momentum", TRAINING),
+    "nesterov": _config(("--nesterov/--no-nesterov",), "SGD with Nesterov momentum, or plain momentum.", Optional[bool],
+                        "nesterov", TRAINING),
     "seed": _config(("--seed",), "Random seed (same seed + same device ⇒ same numbers).", Optional[int], "seed",
                     TRAINING),
     # device
@@ -92,7 +96,8 @@ OPTIONS: dict[str, Opt] = {
     "precision": _config(("--precision",), "auto (bf16 on CUDA) | fp32 | bf16.", Optional[str], "precision", DEVICE),
     "cuda_graphs": _config(("--cuda-graphs",), "auto | on | off (CUDA only).", Optional[str], "cuda_graphs", DEVICE),
     # the run
-    "preset": Opt(("--preset",), "The method's preset: quick (sized for a CPU) | paper (the paper's protocol)."),
+    "preset": Opt(("--preset",), "The method's preset: quick (sized for a CPU) | paper (the paper's protocol; "
+                  "--epochs scales its milestones and ramp-up) | a named variant (`kd list methods NAME`)."),
     "config": Opt(("--config",), "TOML file of defaults; flags win.", Optional[Path]),
     "out": _config(("--out", "-o"), "Run directory to write (default runs/<name>).", Optional[str], "out", RUN),
     "resume": Opt(("--resume",), "Continue an interrupted run directory."),
@@ -137,8 +142,8 @@ OPTIONS: dict[str, Opt] = {
 
 #: What every training command takes.
 DATA_OPTIONS = ("dataset", "data_dir", "val_fraction", "augment")
-SCHEDULE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "milestones", "warmup_epochs", "weight_decay",
-            "momentum", "seed")
+SCHEDULE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "milestones", "gamma", "warmup_epochs",
+            "weight_decay", "momentum", "nesterov", "seed")
 DEVICE_OPTIONS = ("device", "precision", "cuda_graphs")
 RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "json", "quiet")
 TRAINING_COMMAND = (*DATA_OPTIONS, *SCHEDULE, *DEVICE_OPTIONS, *RUN_OPTIONS)
@@ -155,7 +160,7 @@ class Options(dict):
             if opt.key is None or opt.method_param or value is None:
                 continue
             if opt.key == "milestones":
-                value = parse_int_list(value)
+                value = parse_epochs(value)
             elif opt.key == "models":
                 value = [v.strip() for v in value.split(",") if v.strip()]
             flags[opt.key] = value
@@ -168,11 +173,13 @@ class Options(dict):
         return values
 
 
-def parse_int_list(text: str) -> list[int]:
+def parse_epochs(text: str) -> list[float]:
+    """``"60,120,180"`` → ``[60, 120, 180]``; a fraction stays one (``"7.5"`` → ``[7.5]``)."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise KDError(f"expected comma-separated integers, got {text!r}") from None
+        raise KDError(f"expected comma-separated epochs, got {text!r}") from None
+    return [int(v) if v.is_integer() else v for v in values]
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, str]:
@@ -241,11 +248,15 @@ def _fmt(value: Any) -> str:
 
 
 def _preset_summary(values: dict[str, Any]) -> str:
-    parts = [f"{k} {_fmt(v)}" for k, v in values.items() if k not in ("method", "no_batchnorm")]
+    rules = ("method", "no_batchnorm", "scale_with_epochs")
+    parts = [f"{k} {_fmt(v)}" for k, v in values.items() if k not in rules]
     parts += [f"{k} {_fmt(v)}" for k, v in values.get("method", {}).items()]
     rule = values.get("no_batchnorm")
     if rule:
         parts.append("without BatchNorm: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rule.items()))
+    scaled = values.get("scale_with_epochs")
+    if scaled:
+        parts.append("scaled with --epochs: " + ", ".join(k.removeprefix("method.") for k in scaled))
     return "; ".join(parts)
 
 

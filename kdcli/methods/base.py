@@ -122,6 +122,9 @@ class Method(nn.Module):
     #: Overrides are flat config keys (``epochs``, ``lr``, ``model``...) plus ``method`` for the
     #: method's own hyperparameters. A ``paper`` preset's docstring names the table it reproduces.
     presets: ClassVar[dict[str, Preset]] = {}
+    #: ``{preset name: text}`` for ``kd list methods NAME``: for each paper-like preset, the table and number it
+    #: reproduces and which source (paper text or official code) each of its details follows.
+    preset_notes: ClassVar[dict[str, str]] = {}
     #: False: ``training_step`` receives ``batch=None`` and the training split is never loaded (data-free).
     needs_data: ClassVar[bool] = True
     #: True: ``--teacher RUN`` is required and the teacher is frozen in ``self.teacher``.
@@ -166,6 +169,13 @@ class Method(nn.Module):
         """Fill what depends on the run (peers from ``--models``, a ramp from ``--epochs``) and check
         ranges; called once, before the method is built, and recorded in ``run.json``. Default: as given."""
         return params
+
+    @classmethod
+    def budget_terms(cls, params: Any, config: RunConfig) -> dict[str, Any]:
+        """This method's part of a run's training budget, beside the config's data, schedule, optimiser and
+        precision (:mod:`kdcli.budget`): what a baseline must match to be compared with it. ``params`` may be
+        unresolved (the user's values). Default: ``{"members": 1}``, one model trained."""
+        return {"members": 1}
 
     @classmethod
     def data_shard(cls, params: Any, config: RunConfig, world: World) -> Shard:

@@ -283,7 +283,8 @@ def attention_targets(logits: torch.Tensor, queries: torch.Tensor, keys: torch.T
 def rampup_weight(epoch: float, ramp_epochs: float) -> float:
     """The sigmoid-shaped ramp-up of Laine & Aila (2017) used by ONE and OKDDip: ``exp(−5 (1 − t/R)²)`` for t < R, else 1.
 
-    ``epoch`` may be fractional (kd passes ``step / steps_per_epoch``); ``ramp_epochs ≤ 0`` means no ramp.
+    ``epoch`` may be fractional (kd's online methods pass the epoch index, as the official codes do);
+    ``ramp_epochs ≤ 0`` means no ramp.
     """
     if ramp_epochs <= 0 or epoch >= ramp_epochs:
         return 1.0

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdcli.cli import app
-from kdcli.presets import methods_of, resolve_config
+from kdcli.presets import methods_of
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--device", "cpu"]
@@ -25,7 +25,7 @@ def test_help_lists_the_command_and_its_methods():
 
 
 def test_run_then_evaluate_shows_the_same_rows_and_baseline_rows(tmp_path):
-    base = kd("distill-online", "--method", "independent", *FAST, "--out", "base", "--quiet")
+    base = kd("distill-online", "--method", "independent", "--peers", "4", *FAST, "--out", "base", "--quiet")
     assert base.exit_code == 0, base.output
     assert "mean of peers" in base.output and "ensemble" in base.output
     run = kd("distill-online", "--method", "okddip", "--model", "lenet5", "--split-at", "stage3", *FAST,
@@ -34,31 +34,48 @@ def test_run_then_evaluate_shows_the_same_rows_and_baseline_rows(tmp_path):
     result = json.loads(run.output)
     assert result["params"]["detach_targets"] is False and result["params"]["split_at"] == "stage3"
     assert result["primary"] == "leader"
-    assert [row["role"] for row in result["baseline"]] == ["base:peer0", "base:peer1", "base:ensemble"]
+    assert [row["role"] for row in result["baseline"]] == [f"base:peer{i}" for i in range(4)] + ["base:ensemble"]
     evaluated = json.loads(kd("evaluate", "base", "ok", "--json", "--no-latency").output)["models"]
     assert [(Path(r["run"]).name, r["role"]) for r in evaluated] == [
-        ("base", "peer0"), ("base", "peer1"), ("base", "ensemble"),
+        ("base", "peer0"), ("base", "peer1"), ("base", "peer2"), ("base", "peer3"), ("base", "ensemble"),
         ("ok", "peer0"), ("ok", "peer1"), ("ok", "peer2"), ("ok", "leader"), ("ok", "ensemble"),
     ]
-    for row in evaluated[3:]:
+    for row in evaluated[5:]:
         assert row["top1"] == pytest.approx(result["metrics"]["test"][row["role"]]["top1"], abs=1e-9)
 
 
-@pytest.mark.parametrize("method", ["dml", "cl", "one", "okddip", "independent"])
-def test_paper_preset_is_the_papers_protocol(method):
-    config = resolve_config("distill-online", method, preset="paper")
-    assert config.model == "resnet32" and config.optim.lr == 0.1 and config.optim.schedule == "step"
-    assert config.optim.momentum == 0.9 and config.optim.gamma == 0.1
-    epochs, milestones = (200, [60, 120, 180]) if method in ("dml", "independent") else (300, [150, 225])
-    assert (config.train.epochs, config.optim.milestones) == (epochs, milestones)
-    if method in ("one", "okddip"):
-        assert config.method_params["ramp_epochs"] == 80.0
-    if method == "dml":
-        assert config.method_params["update"] == "alternating"  # the paper's Algorithm 1
-    assert config.optim.weight_decay == (1e-4 if method == "one" else 5e-4)
-    # flags still win over the preset
-    config = resolve_config("distill-online", method, preset="paper", flags={"epochs": 3})
-    assert config.train.epochs == 3
+def test_a_baseline_under_another_budget_is_refused_before_anything_runs(tmp_path):
+    base = kd("distill-online", "--method", "independent", *FAST, "--out", "base", "--quiet")
+    assert base.exit_code == 0, base.output
+    for args, pattern in [
+        (["--method", "dml", "--epochs", "2"], "epochs 2 vs 1"),  # a longer schedule
+        (["--method", "one", "--split-at", "stage3"], "members 3 vs 2"),  # three branches against two peers
+        (["--method", "dml", "--preset", "paper", "--model", "lenet5"], "val_fraction 0 vs 0.1"),
+    ]:
+        run = kd("distill-online", *FAST, *args, "--baseline", "base", "--out", "x")  # the last value given wins
+        _assert_clean_error(run, pattern, tmp_path)
+    same = kd("distill-online", "--method", "dml", *FAST, "--baseline", "base", "--out", "dml", "--json")
+    assert same.exit_code == 0, same.output
+    # kd evaluate --baseline: the same check, the baseline's rows first
+    evaluated = kd("evaluate", "dml", "--baseline", "base", "--json", "--no-latency")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert [Path(r["run"]).name for r in json.loads(evaluated.output)["models"]] == ["base"] * 3 + ["dml"] * 3
+    three = kd("distill-online", "--method", "independent", "--peers", "3", *FAST, "--out", "three", "--quiet")
+    assert three.exit_code == 0, three.output
+    _assert_clean_error(kd("evaluate", "dml", "three", "--baseline", "base"), "three and --baseline base trained "
+                        "under different budgets (members 3 vs 2)", tmp_path)
+
+
+def test_a_shortened_paper_run_says_what_it_scaled_and_records_it(tmp_path):
+    result = kd("distill-online", "--method", "okddip", "--preset", "paper", "--model", "lenet5", "--split-at",
+                "stage3", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", "short")
+    assert result.exit_code == 0, result.output
+    assert "adjusted milestones: 150,225 → 0.5,0.75: the paper preset is 300 epochs, this run 1" in result.output
+    assert "adjusted method.ramp_epochs: 80 → 0.266667" in result.output
+    info = json.loads((tmp_path / "short" / "run.json").read_text())
+    assert info["config"]["optim"]["milestones"] == [0.5, 0.75] and info["params"]["ramp_epochs"] == 0.266667
+    assert set(info["config"]["adjusted"]) >= {"milestones", "method.ramp_epochs"}
+    assert info["config"]["data"]["val_fraction"] == 0.0 and info["config"]["train"]["precision"] == "fp32"
 
 
 def _assert_clean_error(result, pattern: str, tmp: Path):

@@ -85,6 +85,10 @@ def test_list_methods_name_shows_hyperparameters_and_presets():
     params = {p["name"]: p["default"] for p in detail["params"]}
     assert params["temperature"] == 3.0 and params["peers"] == 3
     assert detail["presets"]["paper"]["*"]["milestones"] == [150, 225]
+    assert detail["presets"]["official"]["*"]["milestones"] == [151, 225]
+    assert "26.61" in detail["preset_notes"]["paper"] and "151/225" in detail["preset_notes"]["official"]
+    okddip = kd("list", "methods", "okddip").output
+    assert "what okddip's presets reproduce" in okddip and "25.65" in okddip
     assert kd("list", "methods", "onee").exit_code == 2
 
 

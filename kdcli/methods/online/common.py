@@ -14,13 +14,15 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
+from kdcli.config import RunConfig
 from kdcli.errors import KDError
 from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Method, MethodContext, Preset
 from kdcli.methods.losses import mean_probability_logits, rampup_weight
 from kdcli.models import StagedNet, create_model
 from kdcli.models.branched import BranchedNet, split_index
 
-# The papers' ramp-up: w reaches 1 at epoch 80 of 300 (ONE, OKDDip). A shorter run keeps the ratio.
+# The papers' ramp-up: w reaches 1 at epoch 80 of 300 (ONE, OKDDip, the CL re-run). Without a value
+# (the quick preset) a run keeps that ratio of its own epochs; a paper preset scales 80 with --epochs.
 PAPER_RAMP_EPOCHS = 80.0
 PAPER_EPOCHS = 300
 
@@ -75,8 +77,9 @@ def resolve_ramp(ramp_epochs: float | None, epochs: int) -> float:
 
 
 def ramp_at(step: int, steps_per_epoch: int, ramp_epochs: float) -> float:
-    """w(t) with t the fractional epoch ``step / steps_per_epoch`` (so it grows within an epoch too)."""
-    return rampup_weight(step / max(1, steps_per_epoch), ramp_epochs)
+    """w(t) with t the index of the epoch the step is in (0-based), constant within an epoch: both official
+    codes (ONE's ``cifar_one.py``, OKDDip's ``train_GL.py`` and ``train_one.py``) set the weight once per epoch."""
+    return rampup_weight(step // max(1, steps_per_epoch), ramp_epochs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,13 +171,21 @@ QUICK: Preset = {"*": {"model": "lenet5", "epochs": 20, "lr": 0.05, "batch_size"
                        "no_batchnorm": GENTLE_WITHOUT_BATCHNORM}}
 
 
-def paper_preset(epochs: int, batch_size: int, milestones: list[int], weight_decay: float, nesterov: bool,
-                 **method: Any) -> Preset:
-    """The CIFAR protocol every online paper shares in shape: ResNet-32, SGD momentum 0.9, lr 0.1, ÷10 steps."""
+def paper_preset(epochs: int, batch_size: int, milestones: list[float], weight_decay: float, nesterov: bool,
+                 scaled: tuple[str, ...] = ("ramp_epochs",), **method: Any) -> Preset:
+    """The CIFAR protocol every online paper shares in shape, end to end: ResNet-32, every training image
+    (no validation split: the papers train on all 50k), fp32 (no paper used mixed precision), SGD momentum
+    0.9, lr 0.1 ÷10 at ``milestones``, no warm-up, and the method's ``method`` hyperparameters.
+
+    The milestones and the method parameters named in ``scaled`` (by default the ramp-up length) are
+    counted in the preset's ``epochs``: ``--epochs N`` scales them by N/epochs (:mod:`kdcli.presets`).
+    """
     values: dict[str, Any] = {
         "model": "resnet32", "epochs": epochs, "batch_size": batch_size, "lr": 0.1, "optimizer": "sgd",
         "momentum": 0.9, "nesterov": nesterov, "weight_decay": weight_decay, "schedule": "step",
-        "milestones": milestones, "gamma": 0.1, "warmup_epochs": 0.0, "no_batchnorm": GENTLE_WITHOUT_BATCHNORM,
+        "milestones": milestones, "gamma": 0.1, "warmup_epochs": 0.0, "val_fraction": 0.0, "precision": "fp32",
+        "no_batchnorm": GENTLE_WITHOUT_BATCHNORM,
+        "scale_with_epochs": ["milestones", *(f"method.{k}" for k in scaled if k in method)],
     }
     if method:
         values["method"] = method
@@ -197,6 +208,11 @@ class PeerMethod(Method):
     @classmethod
     def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
         return assemble_ensemble(models, "peer")
+
+    @classmethod
+    def budget_terms(cls, params: Any, config: RunConfig) -> dict[str, Any]:
+        """The peers: ``--models`` names them, else ``--peers`` copies of ``--model`` (2 when unset)."""
+        return {"members": len(config.models) or params.peers or 2}
 
 
 def check_temperature(temperature: float) -> None:
@@ -226,6 +242,15 @@ class SharedTrunkMethod(Method):
     role_prefix: ClassVar[str] = "branch"
     net: BranchedNet
     runner: nn.Module
+
+    @classmethod
+    def budget_terms(cls, params: Any, config: RunConfig) -> dict[str, Any]:
+        """Every branch on the trunk is a member (OKDDip: its auxiliary peers and the leader)."""
+        return {"members": cls.branch_count(params)}
+
+    @classmethod
+    def branch_count(cls, params: Any) -> int:
+        return params.peers
 
     def _roles(self) -> list[str]:
         return [f"{self.role_prefix}{i}" for i in range(self.net.num_branches)]

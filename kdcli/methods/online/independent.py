@@ -14,7 +14,6 @@ from kdcli.methods.online.common import (
     QUICK,
     PeerMethod,
     build_peers,
-    paper_preset,
     peer_architectures,
 )
 
@@ -34,14 +33,16 @@ class Independent(PeerMethod):
     """K peers trained side by side on the same batches with cross-entropy only: ``Σ_i CE(y, z_i)``.
 
     Parts: ``ce`` (mean over peers), ``acc`` (mean over peers). Rows: ``peer0..``, ``ensemble``.
+
+    It has no paper preset of its own: it is the baseline of every online paper, under the protocol of
+    the method it is compared with. ``scripts/reproduce_online.py`` gives it, flag by flag, the resolved
+    budget of each method's ``--preset paper`` run (epochs, batch, optimiser, schedule, data, precision
+    and as many peers as the method trains members), and ``kd distill-online --baseline RUN`` refuses a
+    baseline whose budget differs (:mod:`kdcli.budget`).
     """
 
     Params = IndependentParams
-    presets: ClassVar[dict[str, Preset]] = {
-        "quick": QUICK,
-        # The DML paper's CIFAR-100 protocol, so `independent` is DML's baseline under the same budget.
-        "paper": paper_preset(200, 64, [60, 120, 180], 5e-4, nesterov=True),
-    }
+    presets: ClassVar[dict[str, Preset]] = {"quick": QUICK}
 
     @classmethod
     def resolve_params(cls, params: IndependentParams, ctx: MethodContext) -> IndependentParams:

@@ -97,7 +97,7 @@ def test_dml_alternating_recomputes_later_targets_after_earlier_peers_step():
 
 
 def test_cl_golden_loss_consensus_of_others_is_a_constant():
-    method = CL(context(), CLParams(peers=3, temperature=1.0, beta=0.5))
+    method = CL(context(), CLParams(peers=3, temperature=1.0, hard_weight=0.5, soft_weight=0.5))
     heads = [[LN3, 0.0], [0.0, 0.0], [0.0, LN3]]
     method.runner = FixedBranches(heads)
     parts = method.training_step((IMAGES, torch.tensor([0])), 0)
@@ -109,6 +109,39 @@ def test_cl_golden_loss_consensus_of_others_is_a_constant():
     for h in range(3):  # β(p_h − y) + (1 − β)(p_h − q_h): nothing through the other heads' targets
         grad = [0.5 * (probs[h][c] - (c == 0)) + 0.5 * (probs[h][c] - targets[h][c]) for c in range(2)]
         assert method.runner.z.grad[h, 0].tolist() == pytest.approx(grad, abs=1e-6)
+
+
+def test_cl_rerun_loss_and_live_consensus_golden():
+    """The OKDDip code's CL-ILR re-run (--preset paper): T = 3, weights 1 and 1, ramp by epoch, live consensus."""
+    method = CL(context(), CLParams(peers=3, temperature=3.0, hard_weight=1.0, soft_weight=1.0, ramp_epochs=2.0,
+                                    detach_consensus=False))
+    heads = [[3.0, 0.0], [0.0, 0.0], [0.0, 1.5]]
+    method.runner = FixedBranches(heads)
+    parts = method.training_step((IMAGES, torch.tensor([0])), 15)  # epoch index 1 of a 2-epoch ramp
+    w = math.exp(-5 * (1 - 1 / 2) ** 2)
+    assert parts["w"].item() == pytest.approx(w)
+    # By hand. Consensus of the others: head 0 ← [0, 0.75], head 1 ← [1.5, 0.75], head 2 ← [1.5, 0]. Label
+    # terms −log softmax(z_h)[0]: 0.048587 + 0.693147 + 1.701413 = 2.443147. Soft terms T²·KL at T = 3:
+    # 1.710386 + 0.069767 + 1.102134 = 2.882287. w(epoch 1 of 2) = e^−1.25 = 0.286505.
+    assert parts["loss"].item() == pytest.approx(2.443147 + 0.286505 * 2.882287, abs=1e-5)  # 3.268937
+    others = [[(a + b) / 2 for a, b in zip(*[heads[j] for j in range(3) if j != h])] for h in range(3)]
+    soft = [9 * kl(softmax([v / 3 for v in others[h]]), softmax([v / 3 for v in heads[h]])) for h in range(3)]
+    hard = [-math.log(softmax(z)[0]) for z in heads]
+    assert parts["loss"].item() == pytest.approx(sum(hard) + w * sum(soft), rel=1e-6)
+    parts["loss"].backward()
+    # live: each head's gradient also comes through the two other heads' targets (numerical check of the total)
+    z = torch.tensor(heads, dtype=torch.float64, requires_grad=True)
+    total = sum(-torch.log_softmax(z[h], 0)[0] for h in range(3))
+    for h in range(3):
+        target = (z.sum(0) - z[h]) / 2
+        q = torch.softmax(target / 3, 0)
+        total = total + w * 9 * (q * (torch.log(q) - torch.log_softmax(z[h] / 3, 0))).sum()
+    (expected,) = torch.autograd.grad(total, z)
+    assert method.runner.z.grad[:, 0].double().tolist() == [pytest.approx(g, abs=1e-6) for g in expected.tolist()]
+    detached = CL(context(), CLParams(peers=3, temperature=3.0, hard_weight=1.0, soft_weight=1.0, ramp_epochs=2.0))
+    detached.runner = FixedBranches(heads)
+    detached.training_step((IMAGES, torch.tensor([0])), 15)["loss"].backward()
+    assert not torch.allclose(detached.runner.z.grad, method.runner.z.grad)  # the targets' share is the difference
 
 
 def test_cl_ilr_trunk_gradient_is_one_over_h_of_the_unscaled_sum():
@@ -144,11 +177,11 @@ def test_one_golden_loss_gated_teacher_is_detached_in_the_kl():
     assert method.runner.g.grad.abs().sum() > 0  # the gate learns from CE(z_e)
 
 
-def test_one_ramp_weight_follows_the_fractional_epoch():
+def test_one_ramp_weight_is_set_once_per_epoch_as_in_the_official_code():
     method = ONE(context(), ONEParams(peers=2, ramp_epochs=2.0))
     method.runner = FixedBranches([[LN3, 0.0], [0.0, 0.0]], gate=[0.5, 0.5])
-    w = [method.training_step((IMAGES, torch.tensor([0])), step)["w"].item() for step in (0, 10, 15, 20)]
-    assert w == pytest.approx([math.exp(-5), math.exp(-1.25), math.exp(-5 * 0.0625), 1.0])
+    w = [method.training_step((IMAGES, torch.tensor([0])), step)["w"].item() for step in (0, 9, 10, 15, 20)]
+    assert w == pytest.approx([math.exp(-5), math.exp(-5), math.exp(-1.25), math.exp(-1.25), 1.0])
     assert ONE.resolve_params(ONEParams(peers=2), context()).ramp_epochs == pytest.approx(3 * 80 / 300)
 
 
@@ -170,8 +203,13 @@ def test_okddip_golden_loss_and_detach_semantics(detach):
     if detach:  # (p − y) + (p − t): no gradient reaches a peer through another peer's (or the leader's) target
         assert grad.tolist() == [pytest.approx(g, abs=1e-6) for g in constant_target]
         assert method.runner.e.grad is None or method.runner.e.grad.abs().max() == 0
-    else:  # the official code: the peers also receive gradient through the targets
-        assert grad[:2].tolist() != [pytest.approx(g, abs=1e-4) for g in constant_target[:2]]
+    else:  # the official code (--preset paper): gradient also reaches each peer through every target
+        # t_i and the leader's target are both σ(z̄) with z̄ = (z_0 + z_1)/2 here; for a student s,
+        # ∂KL(q ‖ p_s)/∂z̄ = q ⊙ [(log q − log p_s) − KL(q ‖ p_s)], and ∂z̄/∂z_j = 1/2.
+        through_targets = [sum(q[c] * (math.log(q[c] / p[c]) - kl(q, p)) for p in probs) / 2 for c in range(2)]
+        official = [[constant_target[j][c] + through_targets[c] for c in range(2)] for j in range(2)]
+        assert grad[:2].tolist() == [pytest.approx(g, abs=1e-6) for g in official]
+        assert max(abs(v) for v in through_targets) > 0.01  # a real difference from the detached variant
         assert grad[2].tolist() == pytest.approx(constant_target[2], abs=1e-6)  # the leader is never a target
 
 
