@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from kdcli.cli.common import argv, handle_errors
-from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
+from kdcli.cli.options import TRAINING_COMMAND, Options, command
 from kdcli.errors import KDError
 
 COMMAND = "distill-online"
@@ -20,7 +20,7 @@ Baseline = Annotated[Optional[str], typer.Option("--baseline", help="An `indepen
 
 
 @handle_errors
-@command("model", "models", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every", "burn_in",
+@command("model", "models", "model_arg", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every", "burn_in",
          "distill_weight", "shard", "param", *TRAINING_COMMAND)
 def distill_online(options: Options, method: Method = None, baseline: Baseline = None) -> None:
     """Train peers or branches together: DML, CL-ILR, ONE, OKDDip, codistillation, or independent.
@@ -36,12 +36,11 @@ def distill_online(options: Options, method: Method = None, baseline: Baseline =
 
     kd distill-online --method independent --peers 2 --model resnet20 --out runs/base; kd distill-online --method dml --baseline runs/base
     """
-    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
 
     baseline_info = _check_baseline(baseline) if baseline else None
-    config = None if options["resume"] else to_config(COMMAND, options, method)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
-                   quiet=options["quiet"] or options["json"], argv=argv())
+    run = api.distill_online(method, **options.api_kwargs(), argv=argv())
+    result = {**run.info, "run_dir": str(run.path)}
     baseline_rows = _baseline_rows(baseline, baseline_info, result) if baseline else []
     report_online(result, baseline_rows, options["json"])
 

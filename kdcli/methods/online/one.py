@@ -55,6 +55,7 @@ class ONE(Method):
 
     Params = ONEParams
     primary = "branch0"
+    model_needs: ClassVar[frozenset[str]] = frozenset({"stages"})  # a shared trunk and copies of the last stages
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,
         # ONE's scripts: SGD momentum 0.9, lr 0.1, batch 128, 300 epochs, ÷10 at 150/225, wd 1e-4.
