@@ -92,10 +92,6 @@ class Run:
         """Test top-1 accuracy of each role, in [0, 1]."""
         return {role: scores["top1"] for role, scores in self.metrics.get("test", {}).items()}
 
-    def load(self, role: str | None = None, device: str = "cpu") -> nn.Module:
-        """The trained model ``role`` (default: the run's primary model), in eval mode."""
-        return load(self, role, device)
-
     def __fspath__(self) -> str:
         return str(self.path)
 

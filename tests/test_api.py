@@ -72,7 +72,7 @@ def test_python_objects_where_the_cli_takes_names(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # no terminal here: no progress bar, no log, as in a notebook
     assert run.info["dataset"]["name"].startswith("python:TensorDataset-")
     assert run.info["roles"]["teacher"]["arch"] == "tests.models.user_nets:ConvNet"
-    trained = run.load()
+    trained = api.load(run)
     assert isinstance(trained, ConvNet)
     for name, param in trained.named_parameters():  # the instance's weights were the start (lr ~ 0 kept them)
         assert torch.allclose(param, start.state_dict()[name], atol=1e-6), name

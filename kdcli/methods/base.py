@@ -202,9 +202,9 @@ class Method(nn.Module):
     @classmethod
     def needs(cls, params: Any) -> dict[str, frozenset[str]]:
         """What this run of the method needs from each model, by role: ``"model"`` (every model built from
-        ``--model``/``--models``) and ``"teacher"``. The orchestrator checks them before the method is built
-        and records a teacher's statistics only for the methods whose teacher needs it meets.
-        Default: :attr:`model_needs` and :attr:`teacher_needs`."""
+        ``--model``/``--models``) and ``"teacher"``; checked by the orchestrator before anything is read or
+        written (:func:`kdcli.run.check_method_needs`). Default: :attr:`model_needs` and :attr:`teacher_needs`
+        (the class attribute alone decides whose :meth:`record_teacher_statistics` a new teacher gets)."""
         return {"model": cls.model_needs, "teacher": cls.teacher_needs}
 
     @classmethod

@@ -247,3 +247,13 @@ def test_a_run_never_allows_its_own_module_but_the_user_can(staged_teacher, tmp_
         result = kd("distill", "--teacher", str(staged_teacher), "--teacher-model", STAGED, "--epochs", "1",
                     "--out", "x", "--quiet")
         assert result.exit_code == 0, result.output
+
+
+def test_a_config_file_the_user_passes_names_modules_as_flags_do(tmp_path, monkeypatch):
+    monkeypatch.delenv(external.ALLOW_ENV, raising=False)
+    (tmp_path / "c.toml").write_text(f'model = "{PLAIN}"\nepochs = 1\n[model_args]\nwidth = 4\n')
+    with external.only_allowing():
+        result = kd("train-teacher", "--config", "c.toml", "--device", "cpu", "--out", "t", "--quiet")
+        assert result.exit_code == 0, result.output
+    spec = json.loads((tmp_path / "t" / "run.json").read_text())["roles"]["teacher"]["spec"]
+    assert spec["arch"] == PLAIN and spec["kwargs"] == {"width": 4}

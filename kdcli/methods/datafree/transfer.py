@@ -88,6 +88,13 @@ class TransferSetDistill(Method):
     synthesis: ClassVar[str] = "inputs"
 
     @classmethod
+    def resolve_params(cls, params: Any, ctx: MethodContext) -> Any:
+        """A ``--synthetic`` folder must be a set before the run starts (it is read in :meth:`prepare`)."""
+        if params.synthetic:
+            synthetic.read_description(params.synthetic)
+        return params
+
+    @classmethod
     def needs(cls, params: Any) -> dict[str, frozenset[str]]:
         """Distilling from a given ``--synthetic`` set asks only logits of the teacher."""
         needs = super().needs(params)
