@@ -157,6 +157,9 @@ def _python_objects(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
         options["teacher"] = _ref(options["teacher"])
     external.allow_models([options.get("model"), *(options.get("models") or []), options.get("teacher_model")])
     args = dict(options.get("model_args") or {})
+    if len({name for name, _ in weights}) < len({id(module) for _, module in weights}):
+        raise KDError("two nn.Module instances of one class would start every model of that class from one of "
+                      "them; pass the class (kd initialises each model) or one instance")
     with contextlib.ExitStack() as stack:
         for name, module in weights:
             state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

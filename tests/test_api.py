@@ -19,7 +19,7 @@ from kdcli.errors import KDError
 from tests.models.user_nets import ConvNet
 
 runner = CliRunner()
-EPOCHS = "2"  # the demo's three steps, shortened alike on both sides
+EPOCHS = "1"  # the demo's three steps, shortened alike on both sides
 
 
 def kd(*args: str):
@@ -110,3 +110,9 @@ def test_the_readme_example_names_what_the_api_has():
         function = getattr(api, call.func.attr)
         for keyword in call.keywords:
             assert keyword.arg in api.CONFIG_KEYS or keyword.arg in function.__code__.co_varnames, keyword.arg
+
+
+def test_two_instances_of_one_class_are_refused(tmp_path):
+    with pytest.raises(KDError, match="two nn.Module instances of one class"):
+        api.distill_online("dml", models=[ConvNet(10, 1), ConvNet(10, 1)])
+    assert not Path("runs").exists()
