@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from kdcli import checkpoint
 from kdcli.config import RunConfig
 from kdcli.device import resolve_precision, select_device
+from kdcli.errors import KDError
 from kdcli.presets import method_class
 
 
@@ -93,3 +95,19 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """``["epochs 20 vs 200", ...]``: every budget field whose values differ (``—`` = absent), in ``a``'s order."""
     keys = list(a) + [k for k in b if k not in a]
     return [f"{k} {_shown(a.get(k))} vs {_shown(b.get(k))}" for k in keys if not _same(a.get(k), b.get(k))]
+
+
+def refuse_other_budget(baseline: str, ours: dict[str, Any], theirs: dict[str, Any], done: str = "") -> None:
+    """A one-line error when ``ours`` (the run) and ``theirs`` (its ``--baseline``) are different budgets."""
+    diff = differences(ours, theirs)
+    if diff:
+        raise KDError(f"--baseline {baseline} trained under another budget (this run vs the baseline: "
+                      f"{'; '.join(diff)}){done}")
+
+
+def complete_baseline(baseline: str) -> dict[str, Any]:
+    """The ``run.json`` of a ``--baseline`` run, refused unless it is complete."""
+    info = checkpoint.read_run(baseline)
+    if info.get("status") != "complete":
+        raise KDError(f"--baseline {baseline} is not a complete run")
+    return info

@@ -124,9 +124,11 @@ def build() -> dict[str, Any]:
     from kdcli.data import DATASETS  # noqa: PLC0415
     from kdcli.methods import METHODS  # noqa: PLC0415
     from kdcli.models import MODELS  # noqa: PLC0415
+    from kdcli.models.external import FORMS  # noqa: PLC0415
 
     models = [{"name": e.name, "example": e.examples[0], "about": e.help, "family": e.pattern is not None}
               for e in MODELS]
+    models += [{"name": name, "example": example, "about": about, "family": True} for name, example, about in FORMS]
     datasets = []
     for e in DATASETS:
         info = e.info.get("static_info")

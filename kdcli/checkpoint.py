@@ -18,8 +18,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcli import progress
 from kdcli.errors import KDError
 from kdcli.models import create_model
+from kdcli.models.external import ModuleNotAllowed, is_allowed, will_import
 
 FORMAT_VERSION = "1"
 STATE_FILE = "state.safetensors"
@@ -95,7 +97,14 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     if metadata.get("kd_format") != FORMAT_VERSION or "spec" not in metadata:
         raise KDError(f"{path} is not a kd checkpoint (no kd metadata)")
     spec = json.loads(metadata["spec"])
-    model = create_model(spec["arch"], spec["in_channels"], spec["image_size"], spec["num_classes"], **spec["kwargs"])
+    module = will_import(spec["arch"])
+    if module is not None and is_allowed(module):  # say which code a run makes kd import
+        progress.log(f"{path}: importing module {module} for model {spec['arch']}")
+    try:
+        model = create_model(spec["arch"], spec["in_channels"], spec["image_size"], spec["num_classes"],
+                             **spec["kwargs"])
+    except ModuleNotAllowed as err:  # a run never allows code by itself: say which file asked for it
+        raise ModuleNotAllowed(f"{path}: {err}") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:

@@ -64,7 +64,11 @@ class RunConfig:
     preset: str = "quick"
     model: str = "lenet5"
     models: list[str] = field(default_factory=list)
+    #: arguments of every model built from ``model``/``models`` (``--model-arg key=value``), kept in its spec
+    model_args: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None
+    #: the teacher run's model as the user named it (``--teacher-model``): checked against the run
+    teacher_model: str | None = None
     out: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -44,10 +44,11 @@ from torch import nn
 
 from kdcli import checkpoint
 from kdcli.config import RunConfig, apply_overrides, load_toml
+from kdcli.data import get_dataset
 from kdcli.errors import KDError, did_you_mean, unknown
 from kdcli.methods import DEFAULT_PRESET, METHODS
 from kdcli.methods.base import Method, Preset
-from kdcli.models import MODELS, create_model
+from kdcli.models import MODELS, create_model, external, model_provides, probe_model
 
 NO_BATCHNORM = "no_batchnorm"
 SCALE_WITH_EPOCHS = "scale_with_epochs"
@@ -99,11 +100,26 @@ def preset_values(cls: type[Method], preset: str, dataset: str) -> dict[str, Any
     return copy.deepcopy(table.get(dataset, table.get("*", {})))
 
 
-def has_batchnorm(model: str, channels: int = 1, image_size: int = 28, classes: int = 10) -> bool:
+def has_batchnorm(model: str, channels: int = 1, image_size: int = 28, classes: int = 10, **kwargs: Any) -> bool:
     """Whether the registered ``model`` has a BatchNorm layer (built once as a probe, off the run's RNG)."""
     with torch.random.fork_rng(devices=[]):
-        probe = create_model(model, channels, image_size, classes)
+        probe = create_model(model, channels, image_size, classes, **kwargs)
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules())
+
+
+def _without_batchnorm(config: RunConfig) -> str | None:
+    """The first model the run trains (``--models``, else ``--model``) that has no BatchNorm, or ``None``. A
+    model kd did not define is probed on the run's dataset (its factory may fix the channels); an unknown
+    registry name is left for the build to report."""
+    for name in dict.fromkeys(config.models or [config.model]):
+        if external.is_external(name):
+            info = get_dataset(config.data.dataset, config.data.data_dir).info
+            probe = probe_model(name, info.channels, info.image_size, info.num_classes, **config.model_args)
+            if "batchnorm" not in model_provides(probe):
+                return name
+        elif name in MODELS and not has_batchnorm(name, **config.model_args):
+            return name
+    return None
 
 
 def _explicit_keys(values: dict[str, Any]) -> set[str]:
@@ -150,6 +166,9 @@ def resolve_config(
     probe = RunConfig()
     apply_overrides(probe, from_file, str(config_file))
     apply_overrides(probe, flags, "flags")
+    # the user named these (flags, their own --config file): kd may import their modules, now and later
+    # in this process; a run directory read back never adds to this list (kdcli.models.external)
+    external.allow_models([probe.model, *probe.models, probe.teacher_model])
     dataset = flags.get("dataset") or (probe.data.dataset if _sets(from_file, "dataset") else "")
     teacher = probe.teacher
     if cls.needs_teacher and not teacher:
@@ -171,8 +190,9 @@ def resolve_config(
     if scaled and "epochs" in values:
         explicit_method = {k.replace("-", "_") for k in {**from_file.get("method", {}), **method_flags}}
         scale_with_epochs(config, scaled, values["epochs"], explicit, explicit_method)
-    if no_batchnorm and config.model in MODELS and not has_batchnorm(config.model):
-        _apply_no_batchnorm(config, no_batchnorm, explicit)
+    without = _without_batchnorm(config) if no_batchnorm and "lr" not in explicit else None
+    if without is not None:
+        _apply_no_batchnorm(config, no_batchnorm, explicit, without)
     return config
 
 
@@ -222,15 +242,15 @@ def scale_with_epochs(config: RunConfig, keys: list[str], preset_epochs: int, ex
             config.adjusted[key] = f"{_shown(old)} → {_shown(new)}: {why}"
 
 
-def _apply_no_batchnorm(config: RunConfig, rule: dict[str, Any], explicit: set[str]) -> None:
+def _apply_no_batchnorm(config: RunConfig, rule: dict[str, Any], explicit: set[str], model: str) -> None:
     """A model without BatchNorm: ``lr`` capped and ``warmup_epochs`` raised to the rule's values, unless set."""
     if "lr" in explicit:
         return
     if "lr" in rule and config.optim.lr > rule["lr"]:
-        config.adjusted["lr"] = f"{config.optim.lr:g} → {rule['lr']:g}: {config.model} has no BatchNorm"
+        config.adjusted["lr"] = f"{config.optim.lr:g} → {rule['lr']:g}: {model} has no BatchNorm"
         config.optim.lr = rule["lr"]
     if "warmup_epochs" in rule and "warmup_epochs" not in explicit and config.optim.warmup_epochs < rule["warmup_epochs"]:
         config.adjusted["warmup_epochs"] = (
-            f"{config.optim.warmup_epochs:g} → {rule['warmup_epochs']:g}: {config.model} has no BatchNorm"
+            f"{config.optim.warmup_epochs:g} → {rule['warmup_epochs']:g}: {model} has no BatchNorm"
         )
         config.optim.warmup_epochs = rule["warmup_epochs"]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kdcli import __version__, checkpoint, distributed, progress
+from kdcli import weights as weights_module
 from kdcli.config import RunConfig, validate
 from kdcli.data import get_dataset
 from kdcli.data import synthetic as synthetic_sets
@@ -33,11 +34,11 @@ from kdcli.data.base import Dataset, DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader, split_train_val
 from kdcli.device import Timer, device_name, resolve_precision, seed_everything, select_device, setup_device
 from kdcli.distributed import World
-from kdcli.engine import FitResult, RunWriter, fit, predict
+from kdcli.engine import FitResult, RunWriter, evaluate_models, fit, predict
 from kdcli.errors import Interrupted, KDError
 from kdcli.methods import METHODS, Method, MethodContext
-from kdcli.methods.base import accuracy, agreement
-from kdcli.models import MODELS
+from kdcli.methods.base import accuracy, agreement, check_needs
+from kdcli.models import check_model_name, create_model, model_provides, probe_model
 from kdcli.pictures import plot_curves
 from kdcli.presets import method_class, methods_of
 
@@ -113,14 +114,18 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
         if not config.teacher:
             raise KDError(f"method {config.method!r} needs a teacher: pass --teacher RUN (a kd train-teacher run)")
         teacher, teacher_meta = checkpoint.load_run_model(config.teacher, device)
+        check_teacher_model(config, teacher_meta)
         config.data.dataset = config.data.dataset or teacher_meta["dataset"].get("name", "")
     for name in [config.model, *config.models]:
         if name:
-            MODELS.resolve(name)  # unknown model names fail before any data is read
+            check_model_name(name, config.model_args)  # unknown model names fail before any data is read
     dataset = get_dataset(config.data.dataset, config.data.data_dir)
     info = dataset.info
     if teacher_meta is not None:
         check_compatible(teacher_meta, info)
+    values = config.method_params if param_values is None else param_values
+    raw_params = method_cls.make_params(values)
+    check_method_needs(method_cls, raw_params, config, info, teacher, teacher_meta)
 
     train_set = val_set = None
     if method_cls.needs_data:
@@ -131,19 +136,44 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
                 f"--batch-size {config.train.batch_size} is larger than the training split ({len(train_set)} images)"
             )
     test_set = dataset.load("test")
-    values = config.method_params if param_values is None else param_values
     probe = MethodContext(config, info, device, 0, teacher, teacher_meta, world)
-    params = method_cls.resolve_params(method_cls.make_params(values), probe)
+    params = method_cls.resolve_params(raw_params, probe)
     return Built(config, method_cls, params, dataset, info, device, teacher, teacher_meta, train_set, val_set, test_set,
                  world)
 
 
+def check_teacher_model(config: RunConfig, teacher_meta: dict[str, Any]) -> None:
+    """``--teacher-model`` names the teacher run's model: refuse a run that holds another one."""
+    held = teacher_meta["spec"]["arch"]
+    if config.teacher_model and config.teacher_model != held:
+        raise KDError(f"--teacher-model {config.teacher_model} does not match the teacher run {teacher_meta['run']}, "
+                      f"whose model is {held}")
+
+
+def check_method_needs(method_cls: type[Method], params: Any, config: RunConfig, info: DatasetInfo,
+                       teacher: nn.Module | None, teacher_meta: dict[str, Any] | None) -> None:
+    """What the method needs from its models (:meth:`~kdcli.methods.base.Method.needs`), checked on the teacher
+    and on a probe of every model it will build: one line naming what is missing, before any data is read."""
+    needs = method_cls.needs(params)
+    if teacher is not None and teacher_meta is not None and needs.get("teacher"):
+        check_needs(method_cls.name, needs["teacher"], "teacher", teacher_meta["spec"]["arch"], teacher)
+    if needs.get("model"):
+        for name in dict.fromkeys(config.models or [config.model]):
+            model = probe_model(name, info.channels, info.image_size, info.num_classes, **config.model_args)
+            check_needs(method_cls.name, needs["model"], "model", name, model)
+
+
 def default_run_name(config: RunConfig) -> str:
     """``runs/<name>``: role or command, the method when the command runs several, model, dataset, seed."""
-    role = {"train-teacher": "teacher"}.get(config.command, config.command)
+    role = {"train-teacher": "teacher", "import-teacher": "imported"}.get(config.command, config.command)
     method = f"-{config.method}" if len(methods_of(config.command)) > 1 else ""
     model = config.model if not config.models else "+".join(config.models)
-    return f"{role}{method}-{model}-{config.data.dataset.replace(':', '_').replace('/', '_')}-s{config.train.seed}"
+    return f"{role}{method}-{_safe(model)}-{_safe(config.data.dataset)}-s{config.train.seed}"
+
+
+def _safe(name: str) -> str:
+    """A name as part of a folder name (``folder:PATH``, ``my_pkg.nets:make``, ``tv:resnet18``)."""
+    return name.replace(":", "_").replace("/", "_")
 
 
 def augment_mode(config: RunConfig, info: DatasetInfo) -> str:
@@ -231,6 +261,8 @@ def _train_built(
     sync_bn = world.distributed and cls.data_parallel and distributed.sync_batchnorm_requested()
     if sync_bn:
         distributed.convert_sync_batchnorm(method, built.device)
+    # before prepare(), which may synthesise for minutes: a data-free method's steps are known only after it
+    progress.log(start_line(built, len(train_loader) if train_loader is not None else None, resume))
     method.prepare()
 
     run_dir = Path(resume) if resume else _choose_run_dir(config, overwrite, world)
@@ -283,8 +315,44 @@ def _train_built(
     final = _finish_run(method, built, result, writer, run_dir)
     if cls.produces_teacher and world.is_main:
         final.update(_record_after_training(run_dir, final["primary"], method.export_models()[final["primary"]],
-                                            built))
+                                            built.dataset, built.device))
     return final
+
+
+def start_line(built: Built, steps: int | None, resume: str | None = None) -> str:
+    """What this run will do, as resolved, in one line: models, data and splits, schedule, and what resolution
+    changed beyond the layers the user gave (``config.adjusted``)."""
+    config, info = built.config, built.info
+    optim, train_cfg = config.optim, config.train
+    models = "+".join(config.models) if config.models else config.model
+    if config.model_args:
+        models += "(" + ", ".join(f"{k}={v}" for k, v in config.model_args.items()) + ")"
+    teacher = f" from teacher {built.teacher_meta['run']} ({built.teacher_meta['spec']['arch']})" \
+        if built.teacher_meta else ""
+    if optim.optimizer == "sgd":
+        nesterov = "Nesterov " if optim.nesterov and optim.momentum > 0 else ""
+        rule = f"sgd lr {optim.lr:g} ({nesterov}momentum {optim.momentum:g}, weight decay {optim.weight_decay:g})"
+    else:
+        rule = f"{optim.optimizer} lr {optim.lr:g} (weight decay {optim.weight_decay:g})"
+    if optim.schedule == "step":
+        schedule = f"×{optim.gamma:g} at epochs {','.join(map(str, optim.milestones)) or 'none'}"
+    else:
+        schedule = f"{optim.schedule} schedule"
+    warmup = f"{optim.warmup_epochs:g}-epoch warm-up" if optim.warmup_epochs > 0 else "no warm-up"
+    if built.train_set is None:
+        split = "no training data read (data-free)"
+    elif built.val_set is None:
+        split = (f"no validation split (--val-fraction 0): {len(built.train_set)} train images, nothing selected, "
+                 "the last epoch is reported")
+    else:
+        split = (f"validation {config.data.val_fraction:g} of train ({len(built.val_set)} images, "
+                 f"{len(built.train_set)} left to train)")
+    adjusted = "; adjusted: " + "; ".join(f"{k} {v}" for k, v in config.adjusted.items()) if config.adjusted else ""
+    head = f"resuming {resume}: " if resume else ""
+    return (f"{head}{config.command} {config.method} (preset {config.preset}): {models} on {info.name}{teacher} · "
+            f"{train_cfg.epochs} epochs{f' × {steps} steps' if steps else ''}, batch {train_cfg.batch_size} · {rule}, "
+            f"{schedule}, "
+            f"{warmup} · {split}{adjusted}")
 
 
 def _choose_run_dir(config: RunConfig, overwrite: bool, world: World) -> Path:
@@ -350,10 +418,14 @@ def _finish_run(method: Method, built: Built, result: FitResult, writer: RunWrit
 
 def _statistics_of(run_dir: Path, role: str, model: nn.Module, train_set: ImageSet, info: DatasetInfo,
                    device: torch.device) -> dict[str, Any]:
-    """Every method's :meth:`~kdcli.methods.base.Method.record_teacher_statistics`, merged into ``run.json``."""
+    """Every method's :meth:`~kdcli.methods.base.Method.record_teacher_statistics`, merged into ``run.json``;
+    a method whose :attr:`~kdcli.methods.base.Method.teacher_needs` this model does not meet is skipped."""
     entries: dict[str, Any] = {}
+    offers = model_provides(model)
     with torch.no_grad():
         for entry in METHODS:
+            if not entry.builder.teacher_needs <= offers:
+                continue  # e.g. Lopes et al.'s per-stage statistics of a model without stages
             entries.update(entry.builder.record_teacher_statistics(run_dir, role, model, train_set, info, device))
     if entries:
         info_json = checkpoint.read_run(run_dir)
@@ -362,12 +434,13 @@ def _statistics_of(run_dir: Path, role: str, model: nn.Module, train_set: ImageS
     return entries
 
 
-def _record_after_training(run_dir: Path, role: str, model: nn.Module, built: Built) -> dict[str, Any]:
+def _record_after_training(run_dir: Path, role: str, model: nn.Module, dataset: Dataset,
+                           device: torch.device) -> dict[str, Any]:
     """A new teacher's statistics, while its training data is at hand. A failure never loses the teacher:
     it is a warning with the command that retries it."""
     try:
-        full_train = built.dataset.load("train")
-        return _statistics_of(run_dir, role, model.to(built.device).eval(), full_train, built.info, built.device)
+        full_train = dataset.load("train")
+        return _statistics_of(run_dir, role, model.to(device).eval(), full_train, dataset.info, device)
     except KDError as err:
         progress.console.log(
             f"[yellow]teacher statistics not recorded ({err}); add them later with: kd record-metadata --teacher {run_dir}"
@@ -386,6 +459,87 @@ def record_statistics(run_ref: str, device: str = "auto", data_dir: str | None =
     dataset = get_dataset(info_json["dataset"]["name"],
                           data_dir or info_json.get("config", {}).get("data", {}).get("data_dir"))
     return _statistics_of(run_dir, role, model, dataset.load("train"), dataset.info, dev)
+
+
+# ---------------------------------------------------------------------------------------------
+# kd import-teacher
+
+#: The role an imported model takes in its run (what ``--teacher RUN`` picks).
+IMPORTED_ROLE = "teacher"
+
+
+def import_teacher(
+    config: RunConfig,
+    weights: str | Path,
+    *,
+    allow_pickle: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Wrap an external checkpoint of ``config.model`` into a teacher run; returns its ``run.json`` content.
+
+    The model is built for ``config.data.dataset`` (with ``config.model_args``), the weights loaded strictly
+    (:mod:`kdcli.weights`: safetensors, or a pickled state dict only with ``allow_pickle``), scored on the
+    test split, and written as ``teacher.safetensors`` with a ``run.json`` that records where the weights
+    came from. The statistics data-free methods need are recorded when the training split is available.
+    From then on the run is a teacher like any other (``--teacher RUN``, ``kd evaluate RUN``).
+    """
+    validate(config)
+    with progress.silenced(quiet):
+        device = select_device(config.train.device)
+        setup_device(device)
+        check_model_name(config.model, config.model_args)
+        state, source = weights_module.read_state_dict(weights, allow_pickle)
+        dataset = get_dataset(config.data.dataset, config.data.data_dir)
+        info = dataset.info
+        seed_everything(config.train.seed, device)
+        model = create_model(config.model, info.channels, info.image_size, info.num_classes, **config.model_args)
+        weights_module.load_into(model, state, weights, config.model)
+        model.to(device).eval()
+        test_set = dataset.load("test")
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        dtype = resolve_precision(config.train.precision, device)
+        with Timer(device) as timer:
+            test = evaluate_models({IMPORTED_ROLE: model}, test_set, info, device, config.train.eval_batch_size, dtype)
+        progress.log(f"imported {config.model} from {weights} ({source['format']}): test top-1 "
+                     f"{100 * test[IMPORTED_ROLE]['top1']:.2f}% on {info.name}")
+        run_dir = _choose_run_dir(config, overwrite, World())
+        role = IMPORTED_ROLE
+        final = {
+            "kd_version": __version__,
+            "command": config.command,
+            "argv": argv or sys.argv,
+            "method": config.method,
+            "params": {},
+            "primary": role,
+            "dataset": info.to_dict(),
+            "config": config.to_dict(),
+            "seed": config.train.seed,
+            "device": str(device),
+            "device_name": device_name(device),
+            "world_size": 1,
+            "versions": versions(),
+            "roles": {role: {"file": f"{role}.safetensors", "arch": model.spec.arch, "spec": model.spec.to_dict(),
+                             "params": sum(p.numel() for p in model.parameters())}},
+            "teacher": None,
+            "imported": source,
+            "started": started,
+            "status": "complete",
+            "metrics": {"test": test, "val": {}},
+            "history": [],
+            "wall_time_s": round(timer.seconds, 3),
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            checkpoint.save_model(run_dir / f"{role}.safetensors", model, role, info.to_dict())
+            checkpoint.write_json(run_dir / checkpoint.RUN_FILE, final)
+        except BaseException:
+            (run_dir / f"{role}.safetensors").unlink(missing_ok=True)
+            checkpoint.remove_incomplete(run_dir)
+            raise
+        final.update(_record_after_training(run_dir, role, model, dataset, device))
+    return {**final, "run_dir": str(run_dir)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,5 +24,17 @@ for section in "${@:-bench}"; do
       python3 -m kdcli train-teacher --dataset "folder:$CIFAR" --model resnet32 --epochs "${EPOCHS:-15}" \
         --batch-size 128 --lr 0.1 --device cuda --out "$OUT/c10-resnet32" 2>&1 | tail -25 | tee "$OUT/cifar-teacher.log"
       ;;
+    user-models)  # issue 13: models kd did not define, on CUDA (bf16, channels_last, CUDA graphs on auto)
+      D=fake-3-32-10; M=tests.models.user_nets
+      { python3 -m kdcli train-teacher --model tv:resnet18 --dataset $D --epochs 3 --device cuda --out "$OUT/tv"
+        python3 -m kdcli distill --teacher "$OUT/tv" --model $M:make_staged --model-arg width=16 --epochs 3 \
+          --device cuda --out "$OUT/staged-student"
+        python3 -m kdcli distill-online --method dml --models $M:make_convnet,tv:mobilenet_v3_small --dataset $D \
+          --epochs 3 --device cuda --out "$OUT/dml-user"
+        python3 -m kdcli distill-online --method okddip --model $M:make_staged --dataset $D --epochs 3 \
+          --device cuda --out "$OUT/okddip-user"
+        python3 -m kdcli evaluate "$OUT/tv" "$OUT/staged-student" "$OUT/dml-user" "$OUT/okddip-user" \
+          --allow-module tests.models --device cuda; } 2>&1 | tee "$OUT/user-models.log"
+      ;;
   esac
 done

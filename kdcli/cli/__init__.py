@@ -16,6 +16,7 @@ from kdcli.cli.distill import distill
 from kdcli.cli.distill_datafree import distill_datafree
 from kdcli.cli.distill_online import distill_online
 from kdcli.cli.evaluate import evaluate
+from kdcli.cli.import_teacher import import_teacher
 from kdcli.cli.list_cmd import list_
 from kdcli.cli.options import KdCommand
 from kdcli.cli.record_metadata import record_metadata
@@ -37,6 +38,7 @@ for name, function in [
     ("distill", distill),
     ("distill-online", distill_online),
     ("distill-datafree", distill_datafree),
+    ("import-teacher", import_teacher),
     ("synthesize", synthesize),
     ("record-metadata", record_metadata),
     ("evaluate", evaluate),

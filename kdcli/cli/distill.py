@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from kdcli.cli.common import argv, handle_errors, report_run
-from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
+from kdcli.cli.options import TRAINING_COMMAND, Options, command
 
 COMMAND = "distill"
 
 
 @handle_errors
-@command("teacher", "model", "temperature", "alpha", "param", *TRAINING_COMMAND)
+@command("teacher", "teacher_model", "model", "model_arg", "temperature", "alpha", "param", *TRAINING_COMMAND)
 def distill(options: Options) -> None:
     """Distil a teacher run into a student with Hinton KD, on the real training data.
 
@@ -24,9 +24,7 @@ def distill(options: Options) -> None:
 
     kd distill --teacher runs/c10-resnet56 --model resnet20 --epochs 240 --lr 0.05 --schedule step --milestones 150,180,210
     """
-    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    config = None if options["resume"] else to_config(COMMAND, options)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
-                   quiet=options["quiet"] or options["json"], argv=argv())
-    report_run(result, options["json"])
+    run = api.distill(**options.api_kwargs(), argv=argv())
+    report_run({**run.info, "run_dir": str(run.path)}, options["json"])

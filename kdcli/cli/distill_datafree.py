@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from kdcli.cli.common import argv, handle_errors, report_run
-from kdcli.cli.options import DEVICE_OPTIONS, RUN_OPTIONS, SCHEDULE, Options, command, to_config
+from kdcli.cli.options import DEVICE_OPTIONS, RUN_OPTIONS, SCHEDULE, Options, command
 
 COMMAND = "distill-datafree"
 #: the method hyperparameters the data-free commands share as flags
@@ -18,7 +18,7 @@ Method = Annotated[Optional[str], typer.Option("--method", help="dafl | zskt | z
 
 
 @handle_errors
-@command("teacher", "student", "n", "synthetic", *DATAFREE_KNOBS, "temperature", "param", "data_dir", "augment",
+@command("teacher", "teacher_model", "student", "model_arg", "n", "synthetic", *DATAFREE_KNOBS, "temperature", "param", "data_dir", "augment",
          *SCHEDULE, *DEVICE_OPTIONS, *RUN_OPTIONS)
 def distill_datafree(options: Options, method: Method = None) -> None:
     """Distil a teacher run into a student without its training data.
@@ -36,9 +36,7 @@ def distill_datafree(options: Options, method: Method = None) -> None:
 
     kd distill-datafree --teacher runs/teacher --method zskd --synthetic runs/impressions --epochs 40
     """
-    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    config = None if options["resume"] else to_config(COMMAND, options, method)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
-                   quiet=options["quiet"] or options["json"], argv=argv())
-    report_run(result, options["json"])
+    run = api.distill_datafree(method=method, **options.api_kwargs(), argv=argv())
+    report_run({**run.info, "run_dir": str(run.path)}, options["json"])

@@ -8,8 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from kdcli.cli.common import argv, handle_errors
-from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
-from kdcli.errors import KDError
+from kdcli.cli.options import TRAINING_COMMAND, Options, command
 
 COMMAND = "distill-online"
 
@@ -22,7 +21,7 @@ Baseline = Annotated[Optional[str], typer.Option("--baseline", help="An `indepen
 
 
 @handle_errors
-@command("model", "models", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every", "burn_in",
+@command("model", "models", "model_arg", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every", "burn_in",
          "distill_weight", "shard", "param", *TRAINING_COMMAND)
 def distill_online(options: Options, method: Method = None, baseline: Baseline = None) -> None:
     """Train peers or branches together: DML, CL-ILR, ONE, OKDDip, codistillation, or independent.
@@ -43,45 +42,17 @@ def distill_online(options: Options, method: Method = None, baseline: Baseline =
 
     kd distill-online --method independent --peers 2 --model resnet20 --out runs/base; kd distill-online --method dml --peers 2 --model resnet20 --baseline runs/base
     """
-    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    config = None if options["resume"] else to_config(COMMAND, options, method)
-    baseline_info = _check_baseline(baseline, config) if baseline else None
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
-                   quiet=options["quiet"] or options["json"], argv=argv())
-    baseline_rows = _baseline_rows(baseline, baseline_info, result) if baseline else []
+    run = api.distill_online(method, **options.api_kwargs(), argv=argv(), baseline=baseline)
+    result = {**run.info, "run_dir": str(run.path)}
+    baseline_rows = _baseline_rows(baseline, result) if baseline else []
     report_online(result, baseline_rows, options["json"])
 
 
-def _check_baseline(baseline: str, config: Any) -> dict[str, Any]:
-    """Refuse, before anything is trained or written, a baseline that is not a complete run or whose budget
-    differs from the run about to start (``config``; None when resuming: checked after training)."""
-    from kdcli import budget, checkpoint  # noqa: PLC0415 - imports torch; `kd --help` must not
+def _baseline_rows(baseline: str, result: dict[str, Any]) -> list[list[Any]]:
+    from kdcli.evaluate import evaluate_runs  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    info = checkpoint.read_run(baseline)
-    if info.get("status") != "complete":
-        raise KDError(f"--baseline {baseline} is not a complete run")
-    if config is not None:
-        _refuse_other_budget(baseline, budget.budget_of(config), budget.run_budget(info))
-    return info
-
-
-def _refuse_other_budget(baseline: str, ours: dict[str, Any], theirs: dict[str, Any], done: str = "") -> None:
-    from kdcli.budget import differences  # noqa: PLC0415 - imports torch; `kd --help` must not
-
-    diff = differences(ours, theirs)
-    if diff:
-        raise KDError(f"--baseline {baseline} trained under another budget (this run vs the baseline: "
-                      f"{'; '.join(diff)}){done}")
-
-
-def _baseline_rows(baseline: str, info: dict[str, Any], result: dict[str, Any]) -> list[list[Any]]:
-    from kdcli.budget import run_budget  # noqa: PLC0415 - imports torch; `kd --help` must not
-    from kdcli.evaluate import evaluate_runs  # noqa: PLC0415
-
-    # Resolved hyperparameters (a resumed run, peers under torchrun) are only known now.
-    _refuse_other_budget(baseline, run_budget(result), run_budget(info),
-                         f"; this run itself is complete: {result['run_dir']}")
     rows = evaluate_runs([baseline], device=result["config"]["train"]["device"], measure_latency=False)
     return [[f"{baseline}:{r['role']}", r["model"], r["top1"] * 100, r["top5"] * 100, r["params"]] for r in rows]
 

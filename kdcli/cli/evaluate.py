@@ -12,7 +12,7 @@ from kdcli.errors import KDError
 
 
 @handle_errors
-@command("dataset", "data_dir", "device", "json")
+@command("dataset", "data_dir", "device", "json", "allow_module")
 def evaluate(
     options: Options,
     runs: Annotated[list[str], typer.Argument(help="Run directories (RUN or RUN:role).")],
@@ -39,18 +39,18 @@ def evaluate(
 
     kd evaluate runs/dml --baseline runs/independent
     """
-    from kdcli.evaluate import churn as churn_between  # noqa: PLC0415 - imports torch; `kd --help` must not
-    from kdcli.evaluate import evaluate_runs  # noqa: PLC0415
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
     from kdcli.report import print_json, print_table  # noqa: PLC0415
 
     dataset, data_dir, device = options["dataset"], options["data_dir"], options["device"] or "auto"
     if baseline:
         _check_budgets(baseline, runs)
         runs = [baseline, *runs]
-    rows = evaluate_runs(runs, dataset=dataset, data_dir=data_dir, device=device, batch_size=batch_size,
-                         measure_latency=latency)
-    churn_rows = churn_between(runs, dataset=dataset, data_dir=data_dir, device=device,
-                               batch_size=batch_size) if churn else None
+    allowed = list(options["allow_module"] or [])
+    rows = api.evaluate(runs, dataset=dataset, data_dir=data_dir, device=device, batch_size=batch_size,
+                        latency=latency, allow_modules=allowed)
+    churn_rows = api.churn(runs, dataset=dataset, data_dir=data_dir, device=device, batch_size=batch_size,
+                           allow_modules=allowed) if churn else None
     if options["json"]:
         print_json({"models": rows, "churn": churn_rows or []})
         return

@@ -81,8 +81,9 @@ def _section(section: str, data_dir: str | None, live: bool) -> list[dict[str, A
 
 
 def _model_detail(name: str) -> dict[str, Any]:
-    from kdcli.models import count_parameters, create_model  # noqa: PLC0415 - builds the one model asked for
+    from kdcli.models import count_parameters, create_model, external  # noqa: PLC0415 - builds the one model asked
 
+    external.allow_models([name])  # named on this command line
     shapes = [(1, 28, 10), (3, 32, 10), (3, 32, 100)]
     rows = []
     for channels, size, classes in shapes:
@@ -92,7 +93,9 @@ def _model_detail(name: str) -> dict[str, Any]:
             if not rows and "unknown model" in str(err):
                 raise
             continue
-        rows.append([f"{channels}×{size}×{size}", classes, count_parameters(model), len(model.stages)])
+        stages = getattr(model, "stages", None)
+        rows.append([f"{channels}×{size}×{size}", classes, count_parameters(model),
+                     len(stages) if stages is not None else "—"])
     return {"name": name, "shapes": [dict(zip(["input", "classes", "params", "stages"], r)) for r in rows],
             "tables": [(f"kd model {name}", ["input", "classes", "params", "stages"], rows)]}
 

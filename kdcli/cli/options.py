@@ -1,5 +1,6 @@
 """Every option of every kd command, declared once; :func:`command` gives a command the ones it takes,
-and :func:`to_config` is the one function that turns them into a run's config.
+and :meth:`Options.api_kwargs` is the one function that hands them to :mod:`kdcli.api` (which resolves
+the run's config with :func:`kdcli.presets.resolve_config`): the CLI is a thin layer over the Python API.
 
 Every option defaults to ``None`` so that "not given" can be told apart from a value: the config is
 resolved as defaults < the method's preset < ``--config`` TOML < flags (:mod:`kdcli.presets`). What a
@@ -11,6 +12,7 @@ No torch here: building the CLI and printing help stay fast.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 from dataclasses import dataclass
@@ -66,13 +68,18 @@ OPTIONS: dict[str, Opt] = {
                             Optional[float], "val_fraction", DATA),
     "augment": _config(("--augment",), "auto | none | crop | flip | crop_flip.", Optional[str], "augment", DATA),
     # models
-    "model": _config(("--model", "-m"), "Model name (see `kd list models`).", Optional[str], "model", MODEL),
-    "student": _config(("--student", "--model", "-m"), "Student model (see `kd list models`).", Optional[str], "model",
-                       MODEL),
+    "model": _config(("--model", "-m"), "Model name (see `kd list models`), tv:NAME (torchvision), or your own "
+                     "MODULE:FACTORY.", Optional[str], "model", MODEL),
+    "student": _config(("--student", "--model", "-m"), "Student model (see `kd list models`), tv:NAME or "
+                       "MODULE:FACTORY.", Optional[str], "model", MODEL),
     "teacher": _config(("--teacher", "-t"), "Teacher run directory (RUN or RUN:role).", Optional[str], "teacher",
                        MODEL),
     "models": _config(("--models",), "Heterogeneous peers, e.g. resnet32,wrn-16-2 (dml, independent, codistill).",
                       Optional[str], "models", MODEL),
+    "model_arg": _config(("--model-arg",), "Argument of the model's factory as KEY=VALUE (repeatable), e.g. "
+                         "width=16; kept with the model.", Optional[list[str]], "model_args", MODEL),
+    "teacher_model": _config(("--teacher-model",), "The teacher run's model (an import path or name): kd checks it "
+                             "against the run and may import its module.", Optional[str], "teacher_model", MODEL),
     # training
     "epochs": _config(("--epochs", "-e"), "Training epochs.", Optional[int], "epochs", TRAINING),
     "batch_size": _config(("--batch-size", "-b"), "Batch size.", Optional[int], "batch_size", TRAINING),
@@ -104,6 +111,9 @@ OPTIONS: dict[str, Opt] = {
     "overwrite": Opt(("--overwrite",), "Replace an existing --out directory.", bool, default=False),
     "json": Opt(("--json",), "Print the result as JSON instead of a table.", bool, default=False),
     "quiet": Opt(("--quiet", "-q"), "No progress display or per-epoch log.", bool, default=False),
+    "allow_module": Opt(("--allow-module",), "Let kd import this module for a model a run names, e.g. my_pkg.nets "
+                        "(repeatable; also $KD_ALLOW_MODULES). Modules named by --model are allowed already.",
+                        Optional[list[str]]),
     # method hyperparameters
     "param": Opt(("--param",), "Any method hyperparameter as KEY=VALUE (repeatable), e.g. ilr=false.",
                  Optional[list[str]], panel=METHOD),
@@ -145,7 +155,7 @@ DATA_OPTIONS = ("dataset", "data_dir", "val_fraction", "augment")
 SCHEDULE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "milestones", "gamma", "warmup_epochs",
             "weight_decay", "momentum", "nesterov", "seed")
 DEVICE_OPTIONS = ("device", "precision", "cuda_graphs")
-RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "json", "quiet")
+RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "json", "quiet", "allow_module")
 TRAINING_COMMAND = (*DATA_OPTIONS, *SCHEDULE, *DEVICE_OPTIONS, *RUN_OPTIONS)
 
 
@@ -163,6 +173,8 @@ class Options(dict):
                 value = parse_epochs(value)
             elif opt.key == "models":
                 value = [v.strip() for v in value.split(",") if v.strip()]
+            elif opt.key == "model_args":
+                value = parse_model_args(value)
             flags[opt.key] = value
         return flags
 
@@ -171,6 +183,20 @@ class Options(dict):
         values: dict[str, Any] = parse_params(self.get("param"))
         values.update({OPTIONS[n].key: v for n, v in self.items() if OPTIONS[n].method_param and v is not None})
         return values
+
+    def api_kwargs(self) -> dict[str, Any]:
+        """This invocation as keyword arguments of a :mod:`kdcli.api` training function (the CLI is a thin
+        layer over it): the config flags, the method's hyperparameters and how the run is handled."""
+        return {
+            **self.flags(),
+            "params": self.method_flags(),
+            "preset": self.get("preset"),
+            "config": self.get("config"),
+            "resume": self.get("resume"),
+            "overwrite": bool(self.get("overwrite")),
+            "quiet": bool(self.get("quiet") or self.get("json")),
+            "allow_modules": list(self.get("allow_module") or []),
+        }
 
 
 def parse_epochs(text: str) -> list[float]:
@@ -182,6 +208,31 @@ def parse_epochs(text: str) -> list[float]:
     return [int(v) if v.is_integer() else v for v in values]
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value as Python: ``16`` → 16, ``0.5`` → 0.5, ``true``/``false``/``none``, ``[1,2]``; else
+    the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """``--model-arg KEY=VALUE`` pairs as a dict of Python values."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise KDError(f"--model-arg takes KEY=VALUE with KEY a Python name (got {pair!r})")
+        values[key.strip()] = parse_value(value)
+    return values
+
+
 def parse_params(pairs: list[str] | None) -> dict[str, str]:
     values: dict[str, str] = {}
     for pair in pairs or []:
@@ -190,19 +241,6 @@ def parse_params(pairs: list[str] | None) -> dict[str, str]:
             raise KDError(f"--param takes KEY=VALUE (got {pair!r})")
         values[key.strip().replace("-", "_")] = value.strip()
     return values
-
-
-def to_config(command: str, options: Options, method: str | None = None, choices: list[str] | None = None) -> Any:
-    """The run's config from this invocation's options: :func:`kdcli.presets.resolve_config` over their values.
-
-    ``method`` defaults to the first of ``choices`` (by default, the methods registered for ``command``).
-    """
-    from kdcli.presets import methods_of, resolve_config  # noqa: PLC0415 - imports torch; `kd --help` must not
-
-    choices = choices if choices is not None else methods_of(command)
-    return resolve_config(command, method or choices[0], preset=options.get("preset"),
-                          config_file=options.get("config"), flags=options.flags(),
-                          method_flags=options.method_flags(), choices=choices)
 
 
 def command(*names: str) -> Callable[[F], F]:

@@ -8,7 +8,7 @@ from kdcli.errors import KDError
 
 
 @handle_errors
-@command("teacher", "device", "data_dir", "json")
+@command("teacher", "device", "data_dir", "json", "allow_module")
 def record_metadata(options: Options) -> None:
     """Add the statistics data-free methods need (Lopes et al.) to an older teacher run.
 
@@ -21,13 +21,18 @@ def record_metadata(options: Options) -> None:
 
     kd record-metadata --teacher runs/old-teacher
     """
-    from kdcli.report import print_json, print_table  # noqa: PLC0415 - imports torch; `kd --help` must not
-    from kdcli.run import record_statistics  # noqa: PLC0415
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli.report import print_json, print_table  # noqa: PLC0415
 
     teacher = options["teacher"]
     if not teacher:
         raise KDError("record-metadata needs a teacher: pass --teacher RUN")
-    listing = record_statistics(teacher, device=options["device"] or "auto", data_dir=options["data_dir"])["metadata"]
+    recorded = api.record_metadata(teacher, device=options["device"] or "auto", data_dir=options["data_dir"],
+                                   allow_modules=list(options["allow_module"] or []))
+    if "metadata" not in recorded:
+        raise KDError(f"{teacher}: no method records statistics for this teacher (Lopes et al. need a model split "
+                      "into stages)")
+    listing = recorded["metadata"]
     if options["json"]:
         print_json(listing)
         return

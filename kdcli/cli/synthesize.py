@@ -8,10 +8,10 @@ import typer
 
 from kdcli.cli.common import argv, handle_errors
 from kdcli.cli.distill_datafree import DATAFREE_KNOBS
-from kdcli.cli.options import Options, command, to_config
+from kdcli.cli.options import Options, command
 
 COMMAND = "synthesize"
-DEFAULT_COUNT = 1000
+DEFAULT_COUNT = 1000  # kdcli.api.DEFAULT_SYNTHESIS_COUNT (not imported: it imports torch)
 
 Method = Annotated[Optional[str], typer.Option("--method", help="zskd | lopes | deepinversion | dafl | zskt.",
                                                rich_help_panel="Method")]
@@ -22,8 +22,9 @@ Dtype = Annotated[Optional[str], typer.Option("--dtype", help="uint8 (pixels) | 
 
 
 @handle_errors
-@command("teacher", "student", *DATAFREE_KNOBS, "param", "epochs", "batch_size", "lr", "seed", "device", "precision",
-         "data_dir", "preset", "config", "out", "overwrite", "json", "quiet")
+@command("teacher", "teacher_model", "student", "model_arg", *DATAFREE_KNOBS, "param", "epochs", "batch_size", "lr",
+         "seed", "device", "precision", "data_dir", "preset", "config", "out", "overwrite", "json", "quiet",
+         "allow_module")
 def synthesize(options: Options, method: Method = None, n: Count = None, dtype: Dtype = None) -> None:
     """Synthesise a transfer set from a teacher run, without its training data.
 
@@ -40,15 +41,12 @@ def synthesize(options: Options, method: Method = None, n: Count = None, dtype: 
 
     kd synthesize --teacher runs/teacher --method dafl -n 5000 --epochs 20 --out runs/dafl-samples
     """
-    from kdcli.presets import synthesizers  # noqa: PLC0415 - imports torch; `kd --help` must not
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
     from kdcli.report import print_json, print_table  # noqa: PLC0415
-    from kdcli.run import synthesize as make_set  # noqa: PLC0415
 
-    config = to_config(COMMAND, options, method, synthesizers())
-    count = n if n is not None else int(config.method_params.get("n", DEFAULT_COUNT))
-    target = options["out"] or f"runs/synthetic-{config.method}-s{config.train.seed}"
-    result = make_set(config, count, target, dtype=dtype, overwrite=options["overwrite"],
-                      quiet=options["quiet"] or options["json"], argv=argv())
+    kwargs = options.api_kwargs()
+    del kwargs["resume"]  # a transfer set is made in one go
+    result = api.synthesize(method=method, n=n, dtype=dtype, **kwargs, argv=argv())
     if options["json"]:
         print_json(result)
         return

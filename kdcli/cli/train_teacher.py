@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from kdcli.cli.common import argv, handle_errors, report_run
-from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
+from kdcli.cli.options import TRAINING_COMMAND, Options, command
 
 COMMAND = "train-teacher"
 
 
 @handle_errors
-@command("model", *TRAINING_COMMAND)
+@command("model", "model_arg", *TRAINING_COMMAND)
 def train_teacher(options: Options) -> None:
     """Train a model on labelled data (a teacher, or a from-scratch baseline).
 
@@ -23,10 +23,12 @@ def train_teacher(options: Options) -> None:
     kd train-teacher --dataset fashion-mnist --model lenet5 --out runs/fm-teacher
 
     kd train-teacher --dataset cifar10 --model resnet32 --epochs 200 --schedule step --milestones 100,150
-    """
-    from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
 
-    config = None if options["resume"] else to_config(COMMAND, options)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
-                   quiet=options["quiet"] or options["json"], argv=argv())
-    report_run(result, options["json"])
+    kd train-teacher --model my_pkg.nets:make_resnet --model-arg width=32   (your own factory)
+
+    kd train-teacher --dataset cifar10 --model tv:resnet18   (a torchvision classifier by name)
+    """
+    from kdcli import api  # noqa: PLC0415 - imports torch; `kd --help` must not
+
+    run = api.train_teacher(**options.api_kwargs(), argv=argv())
+    report_run({**run.info, "run_dir": str(run.path)}, options["json"])

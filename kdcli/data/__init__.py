@@ -15,6 +15,7 @@ from typing import Callable
 # isort: off
 from kdcli.data import builtin, idx, usps, cifar, svhn, folder  # noqa: F401
 # isort: on
+from kdcli.data import memory
 from kdcli.data.base import DATASETS, Dataset, DatasetInfo, ImageSet, Split
 from kdcli.data.loader import DeviceLoader, channel_stats, iterate_eval, split_train_val
 
@@ -39,6 +40,10 @@ def get_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     No image is read here (except a ``folder:`` dataset's first use, which builds its cache to learn
     its mean/std); missing files raise a :class:`KDError` that says where to put them.
     """
+    if name in memory.IN_MEMORY:  # a Python object given to kdcli.api in this process
+        return memory.IN_MEMORY[name]
+    if name.startswith(memory.PREFIX):
+        raise memory.missing(name)
     entry, captured = DATASETS.resolve(name)
     return entry.builder(data_dir, **captured)
 

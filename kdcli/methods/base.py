@@ -42,6 +42,7 @@ from kdcli.config import OptimConfig, RunConfig
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.distributed import Shard, World
 from kdcli.errors import KDError, did_you_mean
+from kdcli.models import create_model, model_provides
 from kdcli.registry import Registry
 
 if TYPE_CHECKING:  # type only: the synthetic-set format is data code, imported by the methods that synthesise
@@ -76,6 +77,27 @@ Preset = dict[str, dict[str, Any]]
 GENTLE_WITHOUT_BATCHNORM: dict[str, float] = {"lr": 0.02, "warmup_epochs": 1.0}
 
 
+#: What a method may need from a model beyond logits (:attr:`Method.model_needs`, :attr:`Method.teacher_needs`),
+#: as :func:`kdcli.models.model_provides` names it: how the need reads, and how its absence does.
+MODEL_NEEDS: dict[str, tuple[str, str]] = {
+    "stages": ("a model split into stages (a kdcli.models.StagedNet: stem → stages → pool → classifier)",
+               "is not one"),
+    "groups": ("attention-map groups (the stage outputs of a kdcli.models.StagedNet's forward_features)",
+               "has none"),
+    "features": ("penultimate features (the embedding of a kdcli.models.StagedNet's forward_features)", "has none"),
+    "batchnorm": ("BatchNorm layers (their running statistics are matched)", "has no BatchNorm layer"),
+    "classifier": ("a final nn.Linear layer giving the logits (its weights give the class similarity)", "has none"),
+}
+
+
+def check_needs(method: str, needs: frozenset[str], role: str, name: str, model: nn.Module) -> None:
+    """One line naming what ``method`` needs from ``model`` (called ``name``, the run's ``role``) and it lacks."""
+    missing = [need for need in sorted(needs) if need not in model_provides(model)]
+    if missing:
+        wanted, lacking = MODEL_NEEDS[missing[0]]
+        raise KDError(f"{method} needs {wanted}; the {role} {name} {lacking}")
+
+
 @dataclass(frozen=True)
 class MethodContext:
     """What a method may know when it is built.
@@ -97,6 +119,12 @@ class MethodContext:
     @property
     def epochs(self) -> int:
         return self.config.train.epochs
+
+    def create_model(self, name: str | None = None) -> nn.Module:
+        """A fresh model ``name`` (default ``--model``) for this dataset, with the run's ``--model-arg`` values."""
+        info = self.info
+        return create_model(name or self.config.model, info.channels, info.image_size, info.num_classes,
+                            **self.config.model_args)
 
 
 @dataclass
@@ -127,6 +155,10 @@ class Method(nn.Module):
     preset_notes: ClassVar[dict[str, str]] = {}
     #: False: ``training_step`` receives ``batch=None`` and the training split is never loaded (data-free).
     needs_data: ClassVar[bool] = True
+    #: What the method needs, beyond logits, from the models it trains (``--model``, ``--models``) and from
+    #: its teacher: names of :data:`MODEL_NEEDS`. Checked once, before anything is written (see :meth:`needs`).
+    model_needs: ClassVar[frozenset[str]] = frozenset()
+    teacher_needs: ClassVar[frozenset[str]] = frozenset()
     #: True: ``--teacher RUN`` is required and the teacher is frozen in ``self.teacher``.
     needs_teacher: ClassVar[bool] = False
     #: The role ``--teacher RUN`` and ``kd evaluate`` pick by default.
@@ -176,6 +208,14 @@ class Method(nn.Module):
         precision (:mod:`kdcli.budget`): what a baseline must match to be compared with it. ``params`` may be
         unresolved (the user's values). Default: ``{"members": 1}``, one model trained."""
         return {"members": 1}
+
+    @classmethod
+    def needs(cls, params: Any) -> dict[str, frozenset[str]]:
+        """What this run of the method needs from each model, by role: ``"model"`` (every model built from
+        ``--model``/``--models``) and ``"teacher"``; checked by the orchestrator before anything is read or
+        written (:func:`kdcli.run.check_method_needs`). Default: :attr:`model_needs` and :attr:`teacher_needs`
+        (the class attribute alone decides whose :meth:`record_teacher_statistics` a new teacher gets)."""
+        return {"model": cls.model_needs, "teacher": cls.teacher_needs}
 
     @classmethod
     def data_shard(cls, params: Any, config: RunConfig, world: World) -> Shard:

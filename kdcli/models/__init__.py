@@ -1,7 +1,10 @@
 """Image classifiers by name: the model registry, ``create_model`` and rebuilding from a checkpoint spec.
 
-Every model is a :class:`~kdcli.models.base.StagedNet` (stem → stages → pool → classifier) that
-adapts to any input channels, image size (8×8 digits up to 32×32 CIFAR) and class count.
+Every registered model is a :class:`~kdcli.models.base.StagedNet` (stem → stages → pool → classifier)
+that adapts to any input channels, image size (8×8 digits up to 32×32 CIFAR) and class count.
+:func:`create_model` also builds models kd did not define (:mod:`kdcli.models.external`): your own
+factory by import path (``my_pkg.nets:make_resnet``) and torchvision's classifiers (``tv:resnet18``).
+What a model offers the methods beyond logits (stages, features, BatchNorm...) is :func:`model_provides`.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from kdcli.errors import KDError
+from kdcli.models import external
 from kdcli.models.base import Features, ModelSpec, StagedNet
 from kdcli.registry import Registry
 
@@ -20,9 +25,13 @@ __all__ = [
     "Features",
     "ModelSpec",
     "StagedNet",
+    "check_model_name",
+    "classifier_layer",
     "count_parameters",
     "create_model",
     "model_from_spec",
+    "model_provides",
+    "probe_model",
 ]
 
 ModelBuilder = Callable[..., StagedNet]
@@ -54,11 +63,25 @@ def _check_options(name: str, builder: ModelBuilder, captured: Mapping[str, Any]
             raise KDError(f"model {name!r} has no option {option!r} (its options: {valid}).")
 
 
-def create_model(name: str, in_channels: int, image_size: int, num_classes: int, **kwargs: Any) -> StagedNet:
-    """Build the model registered as ``name`` for images of ``in_channels × image_size × image_size``.
+def check_model_name(name: str, model_args: Mapping[str, Any] | None = None) -> None:
+    """Refuse an unknown model name, or model arguments the dataset sets, before any data is read (an import
+    path is checked, not imported)."""
+    clash = sorted(set(model_args or {}) & set(external.GEOMETRY_ALIASES))
+    if clash:
+        raise KDError(f"model argument {clash[0]!r} is set by the dataset; drop it from --model-arg")
+    if external.is_external(name):
+        external.check_name(name)
+    else:
+        MODELS.resolve(name)
+
+
+def create_model(name: str, in_channels: int, image_size: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build the model ``name`` for images of ``in_channels × image_size × image_size``.
 
     Args:
-        name: an exact registry name (``resnet32``) or a family member (``wrn-40-2``, ``mlp-1200-1200``).
+        name: an exact registry name (``resnet32``), a family member (``wrn-40-2``, ``mlp-1200-1200``),
+            a torchvision classifier (``tv:resnet18``) or an import path (``my_pkg.nets:make_resnet``,
+            imported only if allowed: see :mod:`kdcli.models.external`).
         in_channels: input channels (1 for grayscale, 3 for colour).
         image_size: input height = width, in pixels (8 for digits through 32 for CIFAR).
         num_classes: number of output logits.
@@ -68,9 +91,15 @@ def create_model(name: str, in_channels: int, image_size: int, num_classes: int,
         The model, with ``model.spec`` holding exactly what rebuilds it (see :func:`model_from_spec`).
 
     Raises:
-        KDError: unknown name (with suggestions), an option the model does not take, bad sizes.
+        KDError: unknown name (with suggestions), an option the model does not take, bad sizes, a
+            module nobody allowed.
     """
     _check_geometry(in_channels, image_size, num_classes)
+    if external.is_external(name):
+        model = external.create(name, in_channels, image_size, num_classes, kwargs)
+        model.spec = ModelSpec(arch=name, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+                               kwargs=dict(kwargs))
+        return model
     entry, captured = MODELS.resolve(name)
     _check_options(name, entry.builder, captured, kwargs)
     model = entry.builder(
@@ -82,7 +111,7 @@ def create_model(name: str, in_channels: int, image_size: int, num_classes: int,
     return model
 
 
-def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> StagedNet:
+def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> nn.Module:
     """Rebuild a model (freshly initialised) from a :class:`ModelSpec` or its ``to_dict()`` form.
 
     Loading the matching ``state_dict`` afterwards reproduces the original model exactly.
@@ -95,6 +124,40 @@ def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> StagedNet:
     except KeyError as missing:
         raise KDError(f"model spec is missing {missing.args[0]!r}; the checkpoint metadata is incomplete.") from None
     return create_model(arch, in_channels, image_size, num_classes, **dict(spec.get("kwargs") or {}))
+
+
+def probe_model(name: str, in_channels: int, image_size: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """``create_model`` off the run's random state: a model built only to be looked at."""
+    with torch.random.fork_rng(devices=[]):
+        return create_model(name, in_channels, image_size, num_classes, **kwargs)
+
+
+def classifier_layer(model: nn.Module) -> nn.Linear | None:
+    """The final ``nn.Linear`` that gives the logits: a StagedNet's ``classifier``, else the last Linear whose
+    outputs are the classes (torchvision's ``fc`` or ``classifier[-1]``); ``None`` when there is none."""
+    if isinstance(getattr(model, "classifier", None), nn.Linear):
+        return model.classifier
+    classes = getattr(getattr(model, "spec", None), "num_classes", None)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears and (classes is None or linears[-1].out_features == classes) else None
+
+
+def model_provides(model: nn.Module) -> set[str]:
+    """What ``model`` offers the methods beyond logits (the names :mod:`kdcli.methods.base` declares needs with):
+
+    * ``stages``, ``groups``, ``features``: it is a :class:`StagedNet` (split into stages; stage outputs
+      as attention-map groups; the penultimate embedding, both from ``forward_features``);
+    * ``batchnorm``: it has BatchNorm layers with running statistics;
+    * ``classifier``: a final ``nn.Linear`` gives the logits (:func:`classifier_layer`).
+    """
+    offers = {"logits"}
+    if isinstance(model, StagedNet):
+        offers |= {"stages", "groups", "features"}
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules()):
+        offers.add("batchnorm")
+    if classifier_layer(model) is not None:
+        offers.add("classifier")
+    return offers
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

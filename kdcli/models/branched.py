@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from kdcli.errors import KDError
-from kdcli.models import MODELS, StagedNet, create_model
+from kdcli.models import MODELS, StagedNet, create_model, external
 from kdcli.models.base import ModelSpec
 
 
@@ -122,7 +123,8 @@ class BranchStack(nn.Module):
 class BranchedNet(StagedNet):
     """A base model with its stages from ``split`` on copied into ``m`` branches on a shared trunk."""
 
-    def __init__(self, base: str, split: int, instances: list[StagedNet], gate: bool) -> None:
+    def __init__(self, base: str, split: int, instances: list[StagedNet], gate: bool,
+                 base_args: dict[str, Any] | None = None) -> None:
         first = instances[0]
         m = len(instances)
         bodies = [nn.Sequential(*inst.stages[split:], inst.pool) for inst in instances]
@@ -135,6 +137,7 @@ class BranchedNet(StagedNet):
             classifier.weight[:, m * embed :] = torch.stack([inst.classifier.bias for inst in instances], dim=1)
         super().__init__(first.stem, [*first.stages[:split], BranchStack(bodies, gate_module)], nn.Identity(), classifier)
         self.base = base
+        self.base_args = dict(base_args or {})
         self.split = split
         self.num_branches = m
         self.embed_dim = embed
@@ -180,7 +183,7 @@ class BranchedNet(StagedNet):
         """Branch ``index`` as a standalone base-architecture model (a copy: trunk + branch weights)."""
         spec = self.spec
         with torch.random.fork_rng(devices=[]):  # building the copy must not move the training RNG
-            model = create_model(self.base, spec.in_channels, spec.image_size, spec.num_classes)
+            model = create_model(self.base, spec.in_channels, spec.image_size, spec.num_classes, **self.base_args)
         model.stem.load_state_dict(self.stem.state_dict())
         for j in range(self.split):
             model.stages[j].load_state_dict(self.stages[j].state_dict())
@@ -219,6 +222,7 @@ def branched(
     split_at: str = "",
     branches: int = 3,
     gate: bool = True,
+    base_args: dict[str, Any] | None = None,
 ) -> BranchedNet:
     """Shared trunk (``stem + stages[:K−1]`` of ``base``) and ``branches`` copies of the rest.
 
@@ -226,12 +230,16 @@ def branched(
     2020) all share the low layers of a CIFAR ResNet and copy the last stage; this builder does it
     for any registered model. ``split_at="stageK"`` makes stage K the first per-branch stage (""
     = the last stage). Each branch starts from its own random init; the trunk from the first's.
-    ``gate=True`` adds ONE's gate and makes the output the gated sum of branch logits.
+    ``gate=True`` adds ONE's gate and makes the output the gated sum of branch logits. ``base_args`` are
+    the base model's own arguments (``--model-arg``); the base may be an import path whose factory
+    returns a :class:`StagedNet`.
     """
-    if base == "branched" or MODELS.resolve(base)[0].builder is branched:
+    if base == "branched" or (not external.is_external(base) and MODELS.resolve(base)[0].builder is branched):
         raise KDError("a branched model's base must be a plain model, not another branched model")
     if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
         raise KDError(f"branches must be a positive integer (got {branches!r})")
-    instances = [create_model(base, in_channels, image_size, num_classes) for _ in range(branches)]
+    instances = [create_model(base, in_channels, image_size, num_classes, **(base_args or {})) for _ in range(branches)]
+    if not isinstance(instances[0], StagedNet):
+        raise KDError(f"a branched model needs a base split into stages (a kdcli.models.StagedNet); {base} is not one")
     split = split_index(base, len(instances[0].stages), split_at)
-    return BranchedNet(base, split, instances, gate)
+    return BranchedNet(base, split, instances, gate, base_args)

@@ -56,6 +56,7 @@ class DAFL(GeneratorDistill):
     the student learns by KD on its samples."""
 
     Params = DAFLParams
+    teacher_needs: ClassVar[frozenset[str]] = frozenset({"features"})  # the activation loss reads the embedding
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {  # the generator dominates the cost: ~1 s per batch of 64 MNIST images on one CPU core
             "*": {

@@ -26,7 +26,6 @@ from kdcli import progress
 from kdcli.data import synthetic
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.device import autocast, resolve_precision
-from kdcli.errors import KDError
 from kdcli.methods.base import Preset, register_method
 from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, with_student
 from kdcli.methods.losses import bn_stat_loss, input_l2, total_variation_l2
@@ -95,6 +94,7 @@ class DeepInversion(TransferSetDistill):
     """BatchNorm-statistics inversion of the teacher, then KD at T. Parts: ``loss``, ``agree``."""
 
     Params = DeepInversionParams
+    teacher_needs: ClassVar[frozenset[str]] = frozenset({"batchnorm"})  # the statistics it inverts
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
@@ -134,18 +134,8 @@ class DeepInversion(TransferSetDistill):
         },
     })
 
-    def check_teacher(self) -> None:
-        ctx = self.ctx
-        if not batchnorms(ctx.teacher):
-            arch = (ctx.teacher_meta or {}).get("spec", {}).get("arch", type(ctx.teacher).__name__)
-            raise KDError(
-                f"deepinversion matches the teacher's BatchNorm statistics, but {arch} has no BatchNorm layer; "
-                "use zskd, dafl, zskt or lopes for this teacher"
-            )
-
     def synthesize(self, n: int) -> SyntheticSet:
         ctx, params = self.ctx, self.params
-        self.check_teacher()
         info, device, teacher = ctx.info, ctx.device, ctx.teacher
         dtype = resolve_precision(ctx.config.train.precision, device)
         classes = class_order(n, info.num_classes)

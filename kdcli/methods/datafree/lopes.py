@@ -65,6 +65,7 @@ class Lopes(TransferSetDistill):
     """Reconstructions matching sampled activation statistics, then KD at T = 8. Parts: ``loss``, ``agree``."""
 
     Params = LopesParams
+    teacher_needs: ClassVar[frozenset[str]] = frozenset({"stages"})  # statistics per stage, connectivity between them
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {

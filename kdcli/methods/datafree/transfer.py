@@ -33,7 +33,6 @@ from kdcli.device import Timer, autocast, resolve_precision
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, Method, MethodContext, Preset, agreement
 from kdcli.methods.losses import kd_loss
-from kdcli.models import create_model
 
 SHIFT_PADDING = 2  # pixels a transfer-set image may move when --augment includes crop
 STUDENT = "lenet5-half"  # the data-free papers' MNIST student: every data-free preset's default --model
@@ -56,8 +55,7 @@ def distill_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, t
 
 
 def student_for(ctx: MethodContext) -> nn.Module:
-    info = ctx.info
-    return create_model(ctx.config.model, info.channels, info.image_size, info.num_classes)
+    return ctx.create_model()
 
 
 def shift_flip(pixels: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -88,6 +86,19 @@ class TransferSetDistill(Method):
     needs_teacher: ClassVar[bool] = True
     primary: ClassVar[str] = "student"
     synthesis: ClassVar[str] = "inputs"
+
+    @classmethod
+    def resolve_params(cls, params: Any, ctx: MethodContext) -> Any:
+        """A ``--synthetic`` folder must be a set before the run starts (it is read in :meth:`prepare`)."""
+        if params.synthetic:
+            synthetic.read_description(params.synthetic)
+        return params
+
+    @classmethod
+    def needs(cls, params: Any) -> dict[str, frozenset[str]]:
+        """Distilling from a given ``--synthetic`` set asks only logits of the teacher."""
+        needs = super().needs(params)
+        return {**needs, "teacher": frozenset()} if params.synthetic else needs
 
     def __init__(self, ctx: MethodContext, params: Any) -> None:
         super().__init__(ctx, params)

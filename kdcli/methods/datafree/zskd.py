@@ -28,6 +28,7 @@ from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.methods.base import Preset, register_method
 from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
 from kdcli.methods.losses import class_similarity, sample_dirichlet_targets
+from kdcli.models import classifier_layer
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ZSKD(TransferSetDistill):
     """Data impressions from Dirichlet-sampled soft targets, then KD at T = 20. Parts: ``loss``, ``agree``."""
 
     Params = ZSKDParams
+    teacher_needs: ClassVar[frozenset[str]] = frozenset({"classifier"})  # its weights give the class similarity
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
@@ -101,7 +103,7 @@ class ZSKD(TransferSetDistill):
     def synthesize(self, n: int) -> SyntheticSet:
         ctx, params = self.ctx, self.params
         info = ctx.info
-        similarity = class_similarity(ctx.teacher.classifier.weight.detach())
+        similarity = class_similarity(classifier_layer(ctx.teacher).weight.detach())
         classes = class_order(n, info.num_classes)
         # β alternates per round over the classes, so each class gets both scales in equal shares
         betas = torch.tensor(params.betas, dtype=torch.float64)[

@@ -58,6 +58,8 @@ class ZSKT(GeneratorDistill):
     """Adversarial generator vs student, with attention transfer on the student's side."""
 
     Params = ZSKTParams
+    model_needs: ClassVar[frozenset[str]] = frozenset({"groups"})  # attention transfer, on both sides
+    teacher_needs: ClassVar[frozenset[str]] = frozenset({"groups"})
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {

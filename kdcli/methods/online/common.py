@@ -46,17 +46,15 @@ def peer_architectures(ctx: MethodContext, method: str, peers: int | None, minim
 
 
 def build_peers(ctx: MethodContext, archs: list[str]) -> nn.ModuleList:
-    info = ctx.info
-    return nn.ModuleList(create_model(arch, info.channels, info.image_size, info.num_classes) for arch in archs)
+    return nn.ModuleList(ctx.create_model(arch) for arch in archs)
 
 
 def resolve_split(ctx: MethodContext, method: str, split_at: str) -> str:
     """``--split-at`` as the stage it names (``""`` = the last stage of ``--model``), checked against the model."""
     if ctx.config.models:
         raise KDError(f"{method} builds its branches from one --model; --models is for dml and independent")
-    info = ctx.info
     with torch.random.fork_rng(devices=[]):  # a probe: resolving must not move the run's random state
-        stages = len(create_model(ctx.config.model, info.channels, info.image_size, info.num_classes).stages)
+        stages = len(ctx.create_model().stages)
     return f"stage{split_index(ctx.config.model, stages, split_at) + 1}"
 
 
@@ -64,7 +62,8 @@ def build_branched(ctx: MethodContext, branches: int, split_at: str, gate: bool)
     """The method's multi-branch net on ``--model``, split at the resolved stage ``split_at``."""
     info = ctx.info
     return create_model("branched", info.channels, info.image_size, info.num_classes,  # type: ignore[return-value]
-                        base=ctx.config.model, split_at=split_at, branches=branches, gate=gate)
+                        base=ctx.config.model, split_at=split_at, branches=branches, gate=gate,
+                        **({"base_args": dict(ctx.config.model_args)} if ctx.config.model_args else {}))
 
 
 def resolve_ramp(ramp_epochs: float | None, epochs: int) -> float:
@@ -240,6 +239,7 @@ class SharedTrunkMethod(Method):
     """
 
     role_prefix: ClassVar[str] = "branch"
+    model_needs: ClassVar[frozenset[str]] = frozenset({"stages"})  # a shared trunk and copies of the rest
     net: BranchedNet
     runner: nn.Module
 

@@ -65,6 +65,7 @@ class ONE(Method):
 
     Params = ONEParams
     primary = "branch0"
+    model_needs: ClassVar[frozenset[str]] = frozenset({"stages"})  # a shared trunk and copies of the last stages
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,
         "paper": paper_preset(300, 128, [150, 225], 1e-4, nesterov=False, peers=3, temperature=3.0,

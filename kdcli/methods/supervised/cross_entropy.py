@@ -18,7 +18,6 @@ from kdcli.methods.base import (
     accuracy,
     register_method,
 )
-from kdcli.models import create_model
 
 
 @register_method("supervised", command="train-teacher", help="cross-entropy on labels (kd train-teacher)")
@@ -36,9 +35,8 @@ class Supervised(Method):
 
     def __init__(self, ctx: MethodContext, params: Any, role: str = "teacher") -> None:
         super().__init__(ctx, params)
-        info = ctx.info
         self.role = role
-        self.model = create_model(ctx.config.model, info.channels, info.image_size, info.num_classes)
+        self.model = ctx.create_model()
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         images, labels = batch

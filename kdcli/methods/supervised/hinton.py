@@ -20,7 +20,6 @@ from kdcli.methods.base import (
     register_method,
 )
 from kdcli.methods.losses import kd_loss
-from kdcli.models import create_model
 
 
 @dataclass
@@ -51,8 +50,7 @@ class HintonKD(Method):
 
     def __init__(self, ctx: MethodContext, params: KDParams) -> None:
         super().__init__(ctx, params)
-        info = ctx.info
-        self.student = create_model(ctx.config.model, info.channels, info.image_size, info.num_classes)
+        self.student = ctx.create_model()
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         images, labels = batch
