@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from kdcli.cli.common import argv, handle_errors, report_run
-from kdcli.cli.options import DEVICE_OPTIONS, RUN_OPTIONS, SCHEDULE, Options, command, to_config
+from kdcli.cli.options import DEVICE_OPTIONS, RUN_OPTIONS, SCHEDULE, Options, command, resume_changes, to_config
 
 COMMAND = "distill-datafree"
 #: the method hyperparameters the data-free commands share as flags
@@ -39,6 +39,7 @@ def distill_datafree(options: Options, method: Method = None) -> None:
     from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
 
     config = None if options["resume"] else to_config(COMMAND, options, method)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
+    result = train(config, resume=options["resume"], changes=resume_changes(COMMAND, options, method),
+                   overwrite=options["overwrite"],
                    quiet=options["quiet"] or options["json"], argv=argv())
     report_run(result, options["json"])

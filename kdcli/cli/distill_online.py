@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from kdcli.cli.common import argv, handle_errors
-from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
+from kdcli.cli.options import TRAINING_COMMAND, Options, command, resume_changes, to_config
 from kdcli.errors import KDError
 
 COMMAND = "distill-online"
@@ -40,7 +40,8 @@ def distill_online(options: Options, method: Method = None, baseline: Baseline =
 
     baseline_info = _check_baseline(baseline) if baseline else None
     config = None if options["resume"] else to_config(COMMAND, options, method)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
+    result = train(config, resume=options["resume"], changes=resume_changes(COMMAND, options, method),
+                   overwrite=options["overwrite"],
                    quiet=options["quiet"] or options["json"], argv=argv())
     baseline_rows = _baseline_rows(baseline, baseline_info, result) if baseline else []
     report_online(result, baseline_rows, options["json"])

@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperCommand
 
 from kdcli import catalog
+from kdcli.config import ResumeChanges
 from kdcli.errors import KDError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,8 +96,10 @@ OPTIONS: dict[str, Opt] = {
     "preset": Opt(("--preset",), "The method's preset: quick (sized for a CPU) | paper (the paper's protocol)."),
     "config": Opt(("--config",), "TOML file of defaults; flags win.", Optional[Path]),
     "out": _config(("--out", "-o"), "Run directory to write (default runs/<name>).", Optional[str], "out", RUN),
-    "resume": Opt(("--resume",), "Continue an interrupted run directory."),
-    "overwrite": Opt(("--overwrite",), "Replace an existing --out directory.", bool, default=False),
+    "resume": Opt(("--resume",), "Continue an interrupted or diverged run directory with its own config (only "
+                  "--epochs, --lr, --device, --data-dir may change)."),
+    "overwrite": Opt(("--overwrite",), "Replace an existing --out run (only a directory kd wrote).", bool,
+                     default=False),
     "json": Opt(("--json",), "Print the result as JSON instead of a table.", bool, default=False),
     "quiet": Opt(("--quiet", "-q"), "No progress display or per-epoch log.", bool, default=False),
     # method hyperparameters
@@ -162,10 +165,12 @@ class Options(dict):
         return flags
 
     def method_flags(self) -> dict[str, Any]:
-        """Method hyperparameters: ``--param KEY=VALUE`` pairs, then the named flags (which win)."""
-        values: dict[str, Any] = parse_params(self.get("param"))
-        values.update({OPTIONS[n].key: v for n, v in self.items() if OPTIONS[n].method_param and v is not None})
-        return values
+        """Method hyperparameters from the named flags (typed by the option); they win over ``--param``."""
+        return {OPTIONS[n].key: v for n, v in self.items() if OPTIONS[n].method_param and v is not None}
+
+    def param_text(self) -> dict[str, str]:
+        """``--param KEY=VALUE`` pairs as text; the method's ``Params`` types parse them."""
+        return parse_params(self.get("param"))
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -195,7 +200,21 @@ def to_config(command: str, options: Options, method: str | None = None, choices
     choices = choices if choices is not None else methods_of(command)
     return resolve_config(command, method or choices[0], preset=options.get("preset"),
                           config_file=options.get("config"), flags=options.flags(),
-                          method_flags=options.method_flags(), choices=choices)
+                          method_flags=options.method_flags(), choices=choices, param_text=options.param_text())
+
+
+def resume_changes(command: str, options: Options, method: str | None = None) -> ResumeChanges | None:
+    """With ``--resume``: what this invocation asks for, for :func:`kdcli.presets.resolve_resume` to check
+    against the run's stored config (``None`` without ``--resume``)."""
+    if not options.get("resume"):
+        return None
+    if options.get("overwrite"):
+        raise KDError("--overwrite and --resume contradict each other: --resume continues a run, --overwrite "
+                      "replaces one")
+    config_file = options.get("config")
+    return ResumeChanges(command, method=method, preset=options.get("preset"),
+                         config_file=str(config_file) if config_file is not None else None, flags=options.flags(),
+                         method_flags=options.method_flags(), param_text=options.param_text())
 
 
 def command(*names: str) -> Callable[[F], F]:

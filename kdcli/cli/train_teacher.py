@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdcli.cli.common import argv, handle_errors, report_run
-from kdcli.cli.options import TRAINING_COMMAND, Options, command, to_config
+from kdcli.cli.options import TRAINING_COMMAND, Options, command, resume_changes, to_config
 
 COMMAND = "train-teacher"
 
@@ -27,6 +27,7 @@ def train_teacher(options: Options) -> None:
     from kdcli.run import train  # noqa: PLC0415 - imports torch; `kd --help` must not
 
     config = None if options["resume"] else to_config(COMMAND, options)
-    result = train(config, resume=options["resume"], overwrite=options["overwrite"],
+    result = train(config, resume=options["resume"], changes=resume_changes(COMMAND, options),
+                   overwrite=options["overwrite"],
                    quiet=options["quiet"] or options["json"], argv=argv())
     report_run(result, options["json"])

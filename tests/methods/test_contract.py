@@ -56,7 +56,7 @@ def test_every_method_trains_resumes_saves_and_evaluates(name, bn_teacher, tmp_p
     with pytest.raises(Interrupted, match="--resume"):
         train(cheap_config(name, teacher, out), quiet=True, after_step=ctrl_c)
     info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "running" and (out / checkpoint.STATE_FILE).is_file()
+    assert info["status"] == "interrupted" and (out / checkpoint.STATE_FILE).is_file()
     result = train(None, resume=str(out), quiet=True)
     assert result["status"] == "complete" and len(result["history"]) == 2
     assert result["method"] == name and result["config"]["preset"] == "quick"

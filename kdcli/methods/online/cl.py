@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcli.config import Range, between, positive
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import consensus_of_others, peer_kl, stacked_cross_entropy
@@ -52,6 +53,7 @@ class CL(SharedTrunkMethod):
     """
 
     Params = CLParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "temperature": positive(), "beta": between(0.0, 1.0)}
     primary = "branch0"
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcli.config import Range, positive
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import mutual_loss, peer_kl, stacked_cross_entropy
@@ -53,6 +54,7 @@ class DML(PeerMethod):
     """
 
     Params = DMLParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "temperature": positive()}
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,
         # CIFAR-100: SGD Nesterov 0.9, lr 0.1 ÷10 at 60/120/180, 200 epochs, batch 64, wd 5e-4.
