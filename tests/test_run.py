@@ -112,7 +112,7 @@ def test_divergence_stops_the_run_and_its_last_finite_checkpoint_resumes(tmp_pat
     resumed, the run ends where an uninterrupted one ends (the NaN here was injected, so it does not recur)."""
     from kdcli.errors import Diverged
 
-    reference_cfg = digits_config(epochs=3)
+    reference_cfg = digits_config(epochs=2)
     reference_cfg.out = str(tmp_path / "full")
     reference = train(reference_cfg, quiet=True)
 
@@ -121,7 +121,7 @@ def test_divergence_stops_the_run_and_its_last_finite_checkpoint_resumes(tmp_pat
             with torch.no_grad():
                 next(method.parameters()).fill_(float("nan"))
 
-    config = digits_config(epochs=3)
+    config = digits_config(epochs=2)
     config.out = str(tmp_path / "cut")
     with pytest.raises(Diverged, match=r"diverged at epoch 2 step 20: loss.* not finite\. The last finite checkpoint "
                                        r"\(epoch 1 step 0\) is kept: resume it") as caught:
