@@ -515,11 +515,17 @@ class Claim:
     def resumable(self) -> bool:
         return (self.path / STATE_FILE).is_file()
 
+    def complete(self) -> bool:
+        try:
+            return read_run(self.path).get("status") == "complete"
+        except KDError:
+            return False
+
     def abandon(self) -> None:
         """A run that saved nothing to resume from: remove what this process wrote (and the directory, if it
         made it and nothing else is inside). Files kd did not write are never touched."""
-        if not self.new or self.replacing or self.resumable():
-            return  # a resumed run, a run not yet replaced, a run with a checkpoint: all kept as they are
+        if not self.new or self.replacing or self.resumable() or self.complete():
+            return  # a resumed run, a run not yet replaced, a run with a checkpoint, a finished run: all kept
         names = _list(self.path) if self.path.is_dir() else []
         known = known_entries(read_run(self.path)) if RUN_FILE in names and _readable(self.path) else set()
         known |= {RUN_FILE, METRICS_FILE, CURVES_FILE, SAMPLES_FILE}

@@ -342,6 +342,8 @@ def _stopped(err: BaseException, claim: checkpoint.Claim | None, run_dir: Path, 
         raise Interrupted(f"{err}. Resume with: {_resume_command(config, run_dir)}", err.exit_code) from None
     if isinstance(err, Aborted):  # a second signal, or one outside the loop
         name = signal.Signals(err.signum).name
+        if claim.complete():  # it came after the run was written whole
+            raise Interrupted(f"{name} after the run was complete; it is in {run_dir}", err.exit_code) from None
         if claim.resumable():
             where = _saved_position(run_dir)
             _mark(run_dir, "interrupted")
