@@ -44,7 +44,7 @@ from torch import nn
 from kdcli import budget, checkpoint, progress
 from kdcli import evaluate as scoring
 from kdcli import run as orchestrator
-from kdcli.config import DataConfig, OptimConfig, RunConfig, TrainConfig, apply_overrides
+from kdcli.config import DataConfig, OptimConfig, ResumeChanges, RunConfig, TrainConfig, apply_overrides
 from kdcli.data import memory
 from kdcli.errors import KDError, did_you_mean
 from kdcli.models import external
@@ -190,18 +190,27 @@ def _train(command: str, method: str | None, function: str, *, preset: str | Non
            allow_modules: Sequence[str], params: dict[str, Any] | None, argv: list[str] | None,
            options: dict[str, Any], check: Callable[[RunConfig], None] | None = None) -> Run:
     external.allow_modules(allow_modules)
+    param_text = options.pop("param_text", None)  # the CLI's --param KEY=VALUE pairs, typed by the method
+    given_method = method
     method = method or methods_of(command)[0]
     record = argv or _record(function, {"method": method, "preset": preset, **options})
     with _python_objects(options) as named:
         run_config = None
+        changes = None
         if resume is None:
             flags, method_flags = _split(command, method, named, params)
             run_config = resolve_config(command, method, preset=preset, config_file=config, flags=flags,
-                                        method_flags=method_flags)
+                                        method_flags=method_flags, param_text=param_text)
             if check is not None:
                 check(run_config)  # before anything is trained or written
-        result = orchestrator.train(run_config, resume=None if resume is None else _ref(resume), overwrite=overwrite,
-                                    quiet=_quiet(quiet), argv=record)
+        else:
+            # what this call asks of the resumed run: checked against its stored config (kdcli.presets.resolve_resume)
+            flags, method_flags = _split(command, method, {k: v for k, v in named.items() if v is not None}, params)
+            changes = ResumeChanges(command, method=given_method, preset=preset,
+                                    config_file=None if config is None else str(config), flags=flags,
+                                    method_flags=method_flags, param_text=dict(param_text or {}))
+        result = orchestrator.train(run_config, resume=None if resume is None else _ref(resume), changes=changes,
+                                    overwrite=overwrite, quiet=_quiet(quiet), argv=record)
     return Run(Path(result["run_dir"]), result)
 
 
@@ -274,12 +283,13 @@ def synthesize(teacher: Any = None, method: str | None = None, n: int | None = N
     """``kd synthesize``: a transfer set of ``n`` samples (default: the preset's, else 1000) from ``teacher``,
     written to ``out``. Returns the set's description (``out``, ``count``, ``teacher_agreement``...)."""
     external.allow_modules(allow_modules)
+    param_text = options.pop("param_text", None)  # the CLI's --param KEY=VALUE pairs, typed by the method
     method = method or synthesizers()[0]
     record = argv or _record("synthesize", {"method": method, "n": n, **options})
     with _python_objects({"teacher": teacher, **options}) as named:
         flags, method_flags = _split("synthesize", method, named, params)
         run_config = resolve_config("synthesize", method, preset=preset, config_file=config, flags=flags,
-                                    method_flags=method_flags, choices=synthesizers())
+                                    method_flags=method_flags, choices=synthesizers(), param_text=param_text)
         count = n if n is not None else int(run_config.method_params.get("n", DEFAULT_SYNTHESIS_COUNT))
         target = out or f"runs/synthetic-{run_config.method}-s{run_config.train.seed}"
         return orchestrator.synthesize(run_config, count, target, dtype=dtype, overwrite=overwrite, quiet=_quiet(quiet),

@@ -365,6 +365,14 @@ def any_rank(flag: bool) -> bool:
     return bool(vote.item())
 
 
+def any_ranks(flags: Sequence[bool]) -> list[bool]:
+    """:func:`any_rank` for several flags in one collective (the stop and divergence votes)."""
+    vote = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32)
+    with collective("stop vote"):
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in vote.tolist()]
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Send a small picklable value (a path, an error message) from ``src`` to every rank."""
     box = [obj]

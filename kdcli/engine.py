@@ -24,7 +24,7 @@ from kdcli.config import OptimConfig, RunConfig, TrainConfig
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader
 from kdcli.device import autocast, resolve_precision, rng_state, set_rng_state
-from kdcli.errors import Interrupted, KDError
+from kdcli.errors import Aborted, Diverged, Interrupted, KDError
 from kdcli.methods.base import Method
 
 # ---------------------------------------------------------------------------------------------
@@ -124,35 +124,62 @@ class RunWriter:
 
     def metrics(self, row: dict[str, Any]) -> None:
         if self.path is not None:
-            checkpoint.append_jsonl(self.path / "metrics.jsonl", row)
+            checkpoint.append_jsonl(self.path / checkpoint.METRICS_FILE, row)
 
     def run_json(self, extra: dict[str, Any]) -> None:
         if self.path is not None:
             checkpoint.write_json(self.path / checkpoint.RUN_FILE, {**self.describe(), **extra})
 
+    def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` = exactly ``rows`` (a resumed run's history: a row written just before a kill, for
+        an epoch the checkpoint does not hold, must not stay beside its redone twin)."""
+        if self.path is not None:
+            checkpoint.write_jsonl(self.path / checkpoint.METRICS_FILE, rows)
 
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop after the current step and save; the second one aborts."""
+
+#: The signals that stop a run: Ctrl-C, and what schedulers send on preemption.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopFlag:
+    """The first Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second aborts."""
 
     def __init__(self) -> None:
         self.stop = False
-        self._previous: Any = None
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread (tests); Ctrl-C handling stays default
-            self._previous = None
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread (tests); signal handling stays as it was
+            self._previous = {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
+            raise Aborted(signum)
+        self.stop, self.signum = True, signum
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def non_finite(values: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the values that are NaN or infinite (one device→host read for all of them)."""
+    if not values:
+        return []
+    names = list(values)
+    finite = torch.stack([values[n].detach().float().reshape(()) for n in names]).isfinite().tolist()
+    return [n for n, ok in zip(names, finite) if not ok]
+
+
+def weights_finite(method: Method) -> bool:
+    """Whether every trained tensor of ``method`` is finite (one device→host read)."""
+    state = [t for t in method.trained_state().values() if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in state]).all().item()) if state else True
 
 
 def _maybe_graph(method: Method, sample: torch.Tensor, cfg: TrainConfig, device: torch.device, dtype: Any) -> bool:
@@ -209,17 +236,21 @@ def fit(
     optimizers = method.optimizers()
     scheduled = method.scheduled_optimizers()
     set_lr(optimizers, 1.0)  # records initial_lr
+    initial_lrs = [[group["initial_lr"] for group in opt.param_groups] for opt in optimizers]
 
     start_epoch, start_step, history, elapsed = 0, 0, [], 0.0
     partial: dict[str, torch.Tensor] = {}
     if resume is not None:
         method.load_trained_state({k: v.to(device) for k, v in resume["method"].items()})
-        for opt, opt_state in zip(optimizers, resume["optimizers"]):
+        for opt, opt_state, lrs in zip(optimizers, resume["optimizers"], initial_lrs):
             opt.load_state_dict(opt_state)
+            for group, lr in zip(opt.param_groups, lrs):  # the config's rate, not the saved one (--resume --lr)
+                group["initial_lr"] = group["lr"] = lr
         set_rng_state(resume["rng"], device)
         start_epoch, start_step = int(resume["epoch"]), int(resume["step"])
         history, elapsed = list(resume["history"]), float(resume["elapsed"])
         partial = {k: v.to(device) for k, v in resume.get("partial", {}).items()}
+        writer.rewrite_metrics(history)
     world = method.ctx.world
     if world.distributed:
         method.prepare_distributed(optimizers)
@@ -229,7 +260,7 @@ def fit(
         method.consolidate()
         return distributed.reduce_sums(sums)
 
-    def save_state(epoch: int, step: int, sums: dict[str, torch.Tensor]) -> None:
+    def save_state(epoch: int, step: int, sums: dict[str, torch.Tensor], status: str = "running") -> None:
         if not writer.active:
             return
         checkpoint.save_state(
@@ -245,7 +276,7 @@ def fit(
                 "partial": {k: v.detach() for k, v in sums.items()},
             },
         )
-        writer.run_json({"status": "running", "epoch": epoch, "step": step})
+        writer.run_json({"status": status, "epoch": epoch, "step": step})
 
     if allow_graphs and train_loader is not None and method.graphable_models() and device.type == "cuda":
         sample = next(iter(train_loader.epoch(start_epoch)))[0]
@@ -253,10 +284,21 @@ def fit(
         _maybe_graph(method, sample, cfg, device, dtype)
         set_rng_state(saved_rng, device)
 
+    def check_finite(epoch: int, step: int, sums: dict[str, torch.Tensor], weights: bool = False) -> None:
+        """Stop a run whose loss (or, before a checkpoint, whose weights) stopped being finite; under torchrun
+        every rank calls this at the same point and they stop together."""
+        bad = non_finite(sums)
+        if not bad and weights and not weights_finite(method):
+            bad = ["weights"]
+        if world.distributed and distributed.any_ranks([bool(bad)])[0] and not bad:
+            bad = ["the loss on another rank"]
+        if bad:
+            raise Diverged(f"training diverged at epoch {epoch + 1} step {step}: {', '.join(bad)} not finite")
+
     t_start = time.perf_counter()
     images_seen = 0
     total_steps = steps * cfg.epochs
-    with _StopFlag() as stop, progress.track("train", total_steps) as tracker:
+    with StopFlag() as stop, progress.track("train", total_steps) as tracker:
         tracker.update(start_epoch * steps + start_step)
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
@@ -289,9 +331,12 @@ def fit(
                 if batch is not None:
                     images_seen += int(batch[1].shape[0])
                 done = step + 1 - first
-                if progress.is_quiet():
-                    pass
-                elif done % cfg.log_every == 0 or step + 1 == steps:  # reading the sums syncs the device
+                boundary = done % cfg.log_every == 0 or step + 1 == steps
+                # the divergence guard reads the sums only here (and at a stop): no host sync per step
+                diverged = bool(non_finite(sums)) if boundary else False
+                if progress.is_quiet() or diverged:
+                    tracker.update(epoch * steps + step + 1)
+                elif boundary:  # reading the sums syncs the device
                     means = {k: v.item() / (step + 1) for k, v in sums.items()}
                     stats = " ".join(f"{k} {v:.3f}" for k, v in means.items() if k in ("loss", "acc"))
                     rate = done / max(1e-9, time.perf_counter() - t_epoch)
@@ -300,20 +345,28 @@ def fit(
                 else:
                     tracker.update(epoch * steps + step + 1)
                 stopping = stop.stop
-                if world.distributed:  # every rank must stop at the same step: vote every log_every steps
-                    stopping = (done % cfg.log_every == 0 or step + 1 == steps) and distributed.any_rank(stop.stop)
-                    if stopping:
+                if world.distributed:  # every rank stops at the same step: vote every log_every steps
+                    stopping, diverged = distributed.any_ranks([stop.stop, diverged]) if boundary else (False, False)
+                    if stopping and not diverged:
                         sums = synchronize(sums)
+                if diverged:
+                    bad = non_finite(sums) or ["the loss on another rank"]
+                    raise Diverged(f"training diverged at epoch {epoch + 1} step {step + 1}: {', '.join(bad)} "
+                                   "not finite")
                 if stopping:
-                    save_state(epoch, step + 1, sums)
-                    where = writer.path if writer.active else "(no run directory)"
+                    check_finite(epoch, step + 1, sums, weights=True)
+                    save_state(epoch, step + 1, sums, status="interrupted")
+                    signum = stop.signum or signal.SIGINT
                     raise Interrupted(
-                        f"interrupted at epoch {epoch + 1} step {step + 1}; saved. Resume with --resume {where}"
+                        f"{signal.Signals(signum).name} at epoch {epoch + 1} step {step + 1}: "
+                        + ("saved" if writer.active else "nothing saved"),
+                        exit_code=128 + signum,
                     )
             if step + 1 != steps and train_loader is not None and first < steps:
                 raise KDError("internal: loader yielded fewer batches than expected")
             if world.distributed:
                 sums = synchronize(sums)  # rank 0 logs, evaluates and saves the whole job's state
+            check_finite(epoch, steps, sums, weights=True)  # a checkpoint is only ever finite
             epoch_time = time.perf_counter() - t_epoch
             row: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(epoch_time, 3)}
             row.update({f"train_{k}": v.item() / steps for k, v in sums.items()})

@@ -13,9 +13,35 @@ class KDError(Exception):
 
 
 class Interrupted(KDError):
-    """Training was stopped by the user (Ctrl-C); a resumable checkpoint was saved."""
+    """Training was stopped by the user (Ctrl-C) or the system (SIGTERM); says where the resumable state is.
+
+    The exit code is 128 + the signal's number, as a shell reports a process a signal ended
+    (130 for Ctrl-C, 143 for SIGTERM), so a scheduler can tell a preempted job from a failed one.
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Diverged(KDError):
+    """The training loss became NaN or infinite; the last finite checkpoint is kept (exit code 3)."""
+
+    exit_code = 3
+
+
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM while a run was stopping (or one outside the training loop): stop at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def did_you_mean(value: str, choices: Sequence[str], n: int = 3, cutoff: float = 0.5) -> str:

@@ -51,20 +51,39 @@ def load_run_models(run_dir: Path, info_json: dict[str, Any], device: torch.devi
     return loaded
 
 
-def _dataset_for(info_json: dict[str, Any], dataset: str | None, data_dir: str | None):
+def _check_fits(info_json: dict[str, Any], info: DatasetInfo, run: str) -> None:
+    """Refuse to score a run on a dataset whose classes, channels or image size differ from its own."""
+    stored = info_json["dataset"]
+    if stored["name"] == info.name:
+        return
+    mismatch = [
+        f"{key} {stored[key]} vs {getattr(info, key)}"
+        for key in ("num_classes", "channels", "image_size")
+        if stored[key] != getattr(info, key)
+    ]
+    if mismatch:
+        raise KDError(f"cannot evaluate {run} (a {stored['name']} run) on {info.name}: {', '.join(mismatch)}")
+
+
+def _dataset_for(info_json: dict[str, Any], dataset: str | None, data_dir: str | None, run: str = "the run"):
     stored = info_json["dataset"]
     name = dataset or stored["name"]
-    data = get_dataset(name, data_dir or info_json["config"]["data"].get("data_dir"))
-    info = data.info
-    if dataset and dataset != stored["name"]:
-        mismatch = [
-            f"{key} {stored[key]} vs {getattr(info, key)}"
-            for key in ("num_classes", "channels", "image_size")
-            if stored[key] != getattr(info, key)
-        ]
-        if mismatch:
-            raise KDError(f"cannot evaluate a {stored['name']} run on {name}: {', '.join(mismatch)}")
-    return data, info
+    data = get_dataset(name, data_dir or info_json["config"].get("data", {}).get("data_dir"))
+    _check_fits(info_json, data.info, run)
+    return data, data.info
+
+
+def _refuse_duplicates(refs: list[str]) -> None:
+    """The same model twice in one table is a mistake (``kd evaluate R R``, or ``R`` and ``R:role``)."""
+    seen: dict[Path, list[tuple[str, str | None]]] = {}
+    for ref in refs:
+        named_role = ":" in ref and not Path(ref).exists()
+        path, role = (ref.rsplit(":", 1) if named_role else (ref, None))
+        key = Path(path).resolve()
+        for earlier, earlier_role in seen.get(key, []):
+            if role is None or earlier_role is None or role == earlier_role:
+                raise KDError(f"{ref} is given twice (as {earlier} and {ref}); name each run or RUN:role once")
+        seen.setdefault(key, []).append((ref, role))
 
 
 def evaluate_runs(
@@ -73,6 +92,9 @@ def evaluate_runs(
 ) -> list[dict[str, Any]]:
     if not runs:
         raise KDError("give at least one run directory")
+    if batch_size <= 0:
+        raise KDError(f"--batch-size must be positive (got {batch_size})")
+    _refuse_duplicates(runs)
     dev = select_device(device)
     setup_device(dev)
     dtype = resolve_precision("auto", dev)
@@ -85,9 +107,10 @@ def evaluate_runs(
             raise KDError(f"run {ref} is not complete (status {info_json.get('status')}); resume it first")
         key = (dataset or info_json["dataset"]["name"], data_dir)
         if key not in cache:
-            data, info = _dataset_for(info_json, dataset, data_dir)
+            data, info = _dataset_for(info_json, dataset, data_dir, ref)
             cache[key] = (data.load("test"), info)
         test, info = cache[key]
+        _check_fits(info_json, info, ref)  # every run, not only the first to name this dataset
         models = load_run_models(run_dir, info_json, dev)
         teacher_logits = None
         if info_json.get("teacher"):
@@ -141,7 +164,7 @@ def churn(
     for run_dir, _, info_json in selected:
         if info_json.get("status") != "complete":
             raise KDError(f"run {run_dir} is not complete (status {info_json.get('status')}); resume it first")
-    data, info = _dataset_for(selected[0][2], dataset, data_dir)
+    data, info = _dataset_for(selected[0][2], dataset, data_dir, str(selected[0][0]))
     for run_dir, _, info_json in selected[1:]:
         stored = info_json["dataset"]
         if any(stored[key] != getattr(info, key) for key in ("num_classes", "channels", "image_size")):

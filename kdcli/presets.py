@@ -36,6 +36,7 @@ the orchestrator prints them when a run starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,11 @@ import torch
 from torch import nn
 
 from kdcli import checkpoint
-from kdcli.config import RunConfig, apply_overrides, load_toml
+from kdcli.config import FLAGS, ResumeChanges, RunConfig, apply_overrides, flag_name, load_toml, validate
 from kdcli.data import get_dataset
 from kdcli.errors import KDError, did_you_mean, unknown
 from kdcli.methods import DEFAULT_PRESET, METHODS
-from kdcli.methods.base import Method, Preset
+from kdcli.methods.base import Method, Preset, parse_param_text
 from kdcli.models import MODELS, create_model, external, model_provides, probe_model
 
 NO_BATCHNORM = "no_batchnorm"
@@ -144,6 +145,7 @@ def resolve_config(
     flags: dict[str, Any] | None = None,
     method_flags: dict[str, Any] | None = None,
     choices: list[str] | None = None,
+    param_text: dict[str, str] | None = None,
 ) -> RunConfig:
     """Put a run's config together: defaults < preset < ``--config`` TOML < flags (see the module docstring).
 
@@ -155,6 +157,10 @@ def resolve_config(
         flags: flat config keys from the command line (``None`` = not given).
         method_flags: the method's hyperparameters from the command line (``None`` = not given).
         choices: the methods ``command`` accepts (default: those registered for it).
+        param_text: ``--param KEY=VALUE`` pairs, parsed by the method's ``Params`` types (named flags win).
+
+    Every value is type-checked where it is applied and the result validated (:func:`kdcli.config.validate`,
+    the method's ``make_params``), so a wrong value fails here, before anything is read or written.
     """
     cls = method_class(method, command, choices)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -165,7 +171,7 @@ def resolve_config(
 
     probe = RunConfig()
     apply_overrides(probe, from_file, str(config_file))
-    apply_overrides(probe, flags, "flags")
+    apply_overrides(probe, flags, FLAGS)
     # the user named these (flags, their own --config file): kd may import their modules, now and later
     # in this process; a run directory read back never adds to this list (kdcli.models.external)
     external.allow_models([probe.model, *probe.models, probe.teacher_model])
@@ -183,17 +189,97 @@ def resolve_config(
     config = RunConfig(command=command, method=method, preset=preset)
     apply_overrides(config, values, f"preset {preset}")
     apply_overrides(config, from_file, str(config_file))
-    apply_overrides(config, flags, "flags")
+    apply_overrides(config, flags, FLAGS)
     config.data.dataset = dataset
+    config.method_params.update(parse_param_text(cls.Params, param_text or {}, method))
     config.method_params.update({k.replace("-", "_"): v for k, v in method_flags.items()})
     explicit = _explicit_keys(from_file) | _explicit_keys(flags)
     if scaled and "epochs" in values:
-        explicit_method = {k.replace("-", "_") for k in {**from_file.get("method", {}), **method_flags}}
+        explicit_method = {k.replace("-", "_") for k in {**from_file.get("method", {}), **(param_text or {}),
+                                                         **method_flags}}
         scale_with_epochs(config, scaled, values["epochs"], explicit, explicit_method)
     without = _without_batchnorm(config) if no_batchnorm and "lr" not in explicit else None
     if without is not None:
         _apply_no_batchnorm(config, no_batchnorm, explicit, without)
+    validate(config)
+    cls.make_params(config.method_params)  # types and ranges of the method's hyperparameters, now
     return config
+
+
+#: What ``--resume`` may change in a run's stored config (documented in the README): the run's length
+#: (the schedule is recomputed for the new total from where it resumes), the peak learning rate (a run
+#: that diverged resumes from its last finite checkpoint with a lower one), and where it runs and
+#: finds its data. Anything else would make a run that is neither the stored one nor a new one.
+RESUME_MAY_CHANGE = ("epochs", "lr", "device", "data_dir")
+
+
+def _flat(config: RunConfig) -> dict[str, Any]:
+    raw = config.to_dict()
+    flat = {k: v for k, v in raw.items() if k not in ("data", "optim", "train", "adjusted", "method_params")}
+    for section in ("data", "optim", "train"):
+        flat.update(raw[section])
+    return flat
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def resolve_resume(run_dir: str | Path, info: dict[str, Any], changes: ResumeChanges | None) -> tuple[
+        RunConfig, dict[str, Any], dict[str, list[Any]]]:
+    """The config and hyperparameters to continue ``run_dir`` with: the stored ones, with what this invocation
+    asked to change when :data:`RESUME_MAY_CHANGE` allows it.
+
+    Refused, with one line: a run made by another command or method; any other change (all of them are
+    listed, each with the run's value). Returns ``(config, method params, {key: [stored, new]})``.
+    """
+    try:
+        stored = RunConfig.from_dict(info["config"])
+    except (TypeError, KeyError, AttributeError) as err:
+        raise KDError(f"{Path(run_dir) / checkpoint.RUN_FILE}: its config cannot be read ({err}); the run is "
+                      "damaged") from None
+    params = dict(info.get("params") or {})
+    if changes is None:
+        return stored, params, {}
+    command = info.get("command", stored.command)
+    if command != changes.command:
+        raise KDError(f"{run_dir} was made by kd {command}, not kd {changes.command}; "
+                      f"resume it with: kd {command} --resume {run_dir}")
+    if changes.method and changes.method != stored.method:
+        raise KDError(f"{run_dir} is a {stored.method} run; --method {changes.method} cannot resume it "
+                      f"(drop --method, or start a new run)")
+    flags = {k: v for k, v in changes.flags.items() if v is not None}
+    out = flags.pop("out", None)
+    if out is not None and Path(out).resolve() != Path(run_dir).resolve():
+        raise KDError(f"--out {out} with --resume {run_dir}: a resumed run writes into its own directory; drop --out")
+    wanted = copy.deepcopy(stored)
+    from_file = load_toml(changes.config_file) if changes.config_file is not None else {}
+    apply_overrides(wanted, from_file, str(changes.config_file))
+    apply_overrides(wanted, flags, FLAGS)
+    preset = changes.preset or from_file.get("preset")
+    if preset:
+        wanted.preset = preset
+    before, after = _flat(stored), _flat(wanted)
+    differ = {k: [before[k], after[k]] for k in after if after[k] != before.get(k)}
+    cls = method_class(stored.method)
+    asked = {**{k.replace("-", "_"): v for k, v in from_file.get("method", {}).items()},
+             **parse_param_text(cls.Params, changes.param_text, stored.method),
+             **{k: v for k, v in changes.method_flags.items() if v is not None}}
+    old_params, new_params = cls.make_params(params), cls.make_params({**params, **asked})
+    for name in (f.name for f in dataclasses.fields(old_params)) if dataclasses.is_dataclass(old_params) else ():
+        if getattr(old_params, name) != getattr(new_params, name):
+            differ[f"method.{name}"] = [getattr(old_params, name), getattr(new_params, name)]
+    refused = {k: v for k, v in differ.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        listed = "; ".join(f"{k if k.startswith('method.') else flag_name(k)} {_shown(new)} (the run has "
+                           f"{_shown(old)})" for k, (old, new) in refused.items())
+        may = ", ".join(flag_name(k) for k in RESUME_MAY_CHANGE)
+        raise KDError(f"--resume {run_dir} keeps the run's config, but this would change it: {listed}. "
+                      f"Only {may} may change on resume; start a new run for anything else")
+    validate(wanted)
+    return wanted, params, differ
 
 
 def _sets(values: dict[str, Any], key: str) -> bool:

@@ -8,18 +8,24 @@ Each takes a resolved :class:`~kdcli.config.RunConfig` (:func:`kdcli.presets.res
 from flags), checks that everything it names fits together before anything is written (:func:`build`),
 seeds, builds the method through its contract (:mod:`kdcli.methods.base`), runs the engine and writes
 the run directory. No method is named here: what differs between methods is asked of the method.
+
+A run's life is decided here too: the directory is claimed (and locked) before any data is read; a run
+that stops early leaves what :func:`_stopped` says: a resumable state with status ``interrupted`` after
+Ctrl-C or SIGTERM, the last finite checkpoint with status ``diverged``, or, when nothing was saved yet,
+nothing at all (and never a file kd did not write).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
-import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import safetensors
 import torch
@@ -27,20 +33,20 @@ from torch import nn
 
 from kdcli import __version__, checkpoint, distributed, progress
 from kdcli import weights as weights_module
-from kdcli.config import RunConfig, validate
+from kdcli.config import ResumeChanges, RunConfig, validate
 from kdcli.data import get_dataset
 from kdcli.data import synthetic as synthetic_sets
 from kdcli.data.base import Dataset, DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader, split_train_val
 from kdcli.device import Timer, device_name, resolve_precision, seed_everything, select_device, setup_device
 from kdcli.distributed import World
-from kdcli.engine import FitResult, RunWriter, evaluate_models, fit, predict
-from kdcli.errors import Interrupted, KDError
+from kdcli.engine import STOP_SIGNALS, FitResult, RunWriter, evaluate_models, fit, predict
+from kdcli.errors import Aborted, Diverged, Interrupted, KDError
 from kdcli.methods import METHODS, Method, MethodContext
 from kdcli.methods.base import accuracy, agreement, check_needs
 from kdcli.models import check_model_name, create_model, model_provides, probe_model
 from kdcli.pictures import plot_curves
-from kdcli.presets import method_class, methods_of
+from kdcli.presets import method_class, methods_of, resolve_resume
 
 STATISTICS_KEY = "statistics"
 
@@ -209,10 +215,33 @@ def _teacher_description(built: Built) -> dict[str, Any] | None:
     return {"run": str(Path(meta["run"]).resolve()), "role": meta["role"], "spec": meta["spec"]}
 
 
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM outside the training loop stop the command at once (:class:`~kdcli.errors.Aborted`),
+    so the orchestrator can say where the last saved state is; inside the loop the engine's
+    :class:`~kdcli.engine.StopFlag` makes the first one finish the step and save."""
+
+    def abort(signum: int, frame: Any) -> None:
+        raise Aborted(signum)
+
+    previous: dict[int, Any] = {}
+    try:
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, abort)
+    except ValueError:  # not the main thread: signals stay as they were
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def train(
     config: RunConfig | None,
     *,
     resume: str | None = None,
+    changes: ResumeChanges | None = None,
     overwrite: bool = False,
     quiet: bool = False,
     argv: list[str] | None = None,
@@ -221,38 +250,157 @@ def train(
 ) -> dict[str, Any]:
     """Build, train, evaluate and write the run directory. Returns the final ``run.json`` content.
 
-    With ``resume``, the config and the method's hyperparameters are the run's own (``config`` is ignored
-    and may be None).
+    The run directory is claimed before any data is read (created exclusively, or locked: see
+    :func:`kdcli.checkpoint.claim_run_dir`) and its lock removed whatever happens. With ``resume``, the
+    config and the method's hyperparameters are the run's own (``config`` is ignored and may be None);
+    ``changes`` (what a ``--resume`` invocation asked for) is checked against them by
+    :func:`kdcli.presets.resolve_resume`: another command's run or a change of the config is refused.
+
+    Raises (one line each): :class:`KDError` for bad input; :class:`Interrupted` after Ctrl-C or SIGTERM
+    (state saved, run.json status ``interrupted``, the resume command in the message);
+    :class:`Diverged` when the loss stops being finite (status ``diverged``, the last finite checkpoint kept).
     """
-    resume_state = None
-    param_values = None
+    info_json: dict[str, Any] | None = None
+    param_values: dict[str, Any] | None = None
+    changed: dict[str, list[Any]] = {}
     if resume:
-        info_json = checkpoint.read_run(resume)
-        if info_json.get("status") == "complete":
-            raise KDError(f"run {resume} is already complete; nothing to resume")
-        state_path = Path(resume) / checkpoint.STATE_FILE
-        if not state_path.is_file():
-            raise KDError(f"run {resume} has no resumable state ({checkpoint.STATE_FILE} missing)")
-        config = RunConfig.from_dict(info_json["config"])
-        param_values = info_json.get("params", {})
-        resume_state = checkpoint.load_state(state_path)
+        if overwrite:
+            raise KDError("--overwrite and --resume contradict each other: --resume continues a run, --overwrite "
+                          "replaces one")
+        info_json = checkpoint.read_resumable(resume)
+        config, param_values, changed = resolve_resume(resume, info_json, changes)
     if config is None:
         raise KDError("nothing to train: give a config or --resume RUN")
+    validate(config)
     joined = world is None and distributed.launched()  # started by torchrun: this process is one rank
     world = world or distributed.init_from_env(config.train.device)
-    with progress.silenced(quiet or not world.is_main):  # one progress display and one table per job
-        built = build(config, world, param_values)
-        for key, why in built.config.adjusted.items():  # what resolution changed (a scaled preset...), said up front
-            progress.log(f"adjusted {key}: {why}")
-        final = _train_built(built, resume, resume_state, overwrite, argv, after_step)
+    with progress.silenced(quiet or not world.is_main), stop_signals():  # one display and one table per job
+        claim, run_dir = _claim(config, resume, overwrite, world)
+        try:
+            resume_state = _resume_state(run_dir, config, tidy=claim is not None) if resume else None
+            built = build(config, world, param_values)
+            if claim is not None:
+                claim.clear()  # --overwrite: the previous run goes only now, once this one is known to start
+            final = _train_built(built, run_dir, resume_state, info_json, changed, argv, after_step)
+        except BaseException as err:
+            _stopped(err, claim, run_dir, config, world)
+            raise
+        finally:
+            if claim is not None:
+                claim.release()
     if joined:
         distributed.shutdown()
     return final
 
 
+def _claim(config: RunConfig, resume: str | None, overwrite: bool, world: World) -> tuple[
+        checkpoint.Claim | None, Path]:
+    """Rank 0 claims the run directory (new or resumed); the other ranks learn its name, or the problem."""
+    claim: checkpoint.Claim | None = None
+    problem: str | None = None
+    if world.is_main:
+        try:
+            if resume:
+                claim = checkpoint.claim_for_resume(Path(resume))
+            else:
+                claim = checkpoint.claim_run_dir(config.out, default_run_name(config), overwrite=overwrite)
+        except KDError as err:
+            problem = str(err)
+    chosen = str(claim.path) if claim is not None else None
+    if world.distributed:
+        chosen, problem = distributed.broadcast_object((chosen, problem))
+    if problem is not None:
+        raise KDError(problem)
+    return claim, Path(chosen)
+
+
+def _resume_state(run_dir: Path, config: RunConfig, tidy: bool) -> dict[str, Any]:
+    """The saved state to continue ``run_dir`` from (read once rank 0 holds its lock, which alone ``tidy``s)."""
+    info = checkpoint.read_run(run_dir)
+    state_path = run_dir / checkpoint.STATE_FILE
+    status = info.get("status")
+    if status == "complete":
+        if tidy:
+            state_path.unlink(missing_ok=True)  # a kill between the final run.json and this file's removal
+        raise KDError(f"run {run_dir} is already complete; nothing to resume")
+    if not state_path.is_file():
+        if status == "diverged":
+            raise KDError(f"run {run_dir} diverged before its first checkpoint: nothing to resume; start a new run "
+                          f"with a lower --lr (--out {run_dir} --overwrite)")
+        raise KDError(f"run {run_dir} stopped before its first checkpoint ({checkpoint.STATE_FILE} missing): "
+                      f"nothing to resume; start it again with --out {run_dir} --overwrite")
+    state = checkpoint.load_state(state_path)
+    if config.train.epochs < int(state["epoch"]):
+        raise KDError(f"--epochs {config.train.epochs} is fewer than the {state['epoch']} epochs run {run_dir} "
+                      "has done")
+    return state
+
+
+def _resume_command(config: RunConfig, run_dir: Path) -> str:
+    return f"kd {config.command} --resume {run_dir}"
+
+
+def _mark(run_dir: Path, status: str, **extra: Any) -> dict[str, Any]:
+    """Set ``run.json``'s status (and ``extra``) after a run stopped; returns the run.json (empty if unreadable)."""
+    try:
+        info = checkpoint.read_run(run_dir)
+        info.update(status=status, **extra)
+        checkpoint.write_json(run_dir / checkpoint.RUN_FILE, info)
+    except KDError:
+        return {}
+    return info
+
+
+def _saved_position(run_dir: Path) -> str:
+    """`` (epoch E step S)`` of the resume state on disk (run.json may lag it by one write)."""
+    try:
+        state = checkpoint.load_state(run_dir / checkpoint.STATE_FILE)
+        return f" (epoch {int(state['epoch'])} step {int(state['step'])})"
+    except (KDError, KeyError, ValueError):
+        return ""
+
+
+def _stopped(err: BaseException, claim: checkpoint.Claim | None, run_dir: Path, config: RunConfig,
+             world: World) -> None:
+    """What a run that ends early leaves on disk, and the one line that says so (raised in place of ``err``)."""
+    if not world.is_main or claim is None:
+        if isinstance(err, Interrupted):  # rank 0 saved the job's state and says where
+            raise Interrupted(f"interrupted; rank 0 saved the run. Resume with: {_resume_command(config, run_dir)}",
+                              err.exit_code) from None
+        return
+    if isinstance(err, Interrupted):  # the first Ctrl-C or SIGTERM: the engine saved the state
+        raise Interrupted(f"{err}. Resume with: {_resume_command(config, run_dir)}", err.exit_code) from None
+    if isinstance(err, Aborted):  # a second signal, or one outside the loop
+        name = signal.Signals(err.signum).name
+        if claim.complete():  # it came after the run was written whole
+            raise Interrupted(f"{name} after the run was complete; it is in {run_dir}", err.exit_code) from None
+        if claim.resumable():
+            where = _saved_position(run_dir)
+            _mark(run_dir, "interrupted")
+            raise Interrupted(f"aborted by {name}; the last saved state{where} is in {run_dir}. Resume with: "
+                              f"{_resume_command(config, run_dir)}", err.exit_code) from None
+        claim.abandon()
+        raise Interrupted(f"aborted by {name} before the first checkpoint; nothing was kept", err.exit_code) from None
+    if isinstance(err, Diverged):
+        _mark(run_dir, "diverged", diverged=str(err))
+        if claim.resumable():
+            raise Diverged(f"{err}. The last finite checkpoint{_saved_position(run_dir)} is kept: resume it "
+                           f"with a lower rate: {_resume_command(config, run_dir)} --lr "
+                           f"{config.optim.lr / 10:g}") from None
+        raise Diverged(f"{err}, before the first checkpoint. Start again with a lower --lr (below "
+                       f"{config.optim.lr:g}; --out {run_dir} --overwrite)") from None
+    if isinstance(err, distributed.RankFailure):
+        if claim.resumable():
+            raise distributed.RankFailure(f"{err}; the last checkpoint is intact: {_resume_command(config, run_dir)}"
+                                          ) from None
+        claim.abandon()
+        return
+    claim.abandon()  # bad input found late, a crash: keeps a run that saved resumable state
+
+
 def _train_built(
-    built: Built, resume: str | None, resume_state: dict[str, Any] | None, overwrite: bool, argv: list[str] | None,
-    after_step: Callable[[Method, int], None] | None,
+    built: Built, run_dir: Path, resume_state: dict[str, Any] | None, info_json: dict[str, Any] | None,
+    changed: dict[str, list[Any]], argv: list[str] | None, after_step: Callable[[Method, int], None] | None,
 ) -> dict[str, Any]:
     config, world, cls = built.config, built.world, built.method_cls
     seed_everything(config.train.seed, built.device)
@@ -262,11 +410,16 @@ def _train_built(
     if sync_bn:
         distributed.convert_sync_batchnorm(method, built.device)
     # before prepare(), which may synthesise for minutes: a data-free method's steps are known only after it
-    progress.log(start_line(built, len(train_loader) if train_loader is not None else None, resume))
+    progress.log(start_line(built, len(train_loader) if train_loader is not None else None,
+                            str(run_dir) if resume_state is not None else None))
     method.prepare()
 
-    run_dir = Path(resume) if resume else _choose_run_dir(config, overwrite, world)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = info_json.get("started", now) if info_json else now
+    resumes = list(info_json.get("resumes", [])) if info_json else []
+    if resume_state is not None:
+        resumes.append({"at": now, "epoch": int(resume_state["epoch"]), "step": int(resume_state["step"]),
+                        **({"changed": changed} if changed else {})})
     roles = {
         role: {"file": f"{role}.safetensors", "arch": m.spec.arch, "spec": m.spec.to_dict(),
                "params": sum(p.numel() for p in m.parameters())}
@@ -293,30 +446,16 @@ def _train_built(
             "roles": roles,
             "teacher": _teacher_description(built),
             "started": started,
+            **({"resumes": resumes} if resumes else {}),
         }
 
     writer = RunWriter(run_dir if world.is_main else None, describe)
-    try:
-        result = fit(method, config, train_loader, built.val_set, built.test_set, built.info, built.device, writer,
-                     resume=resume_state, after_step=after_step, allow_graphs=not sync_bn)
-    except Interrupted:
-        if not world.is_main:  # rank 0 saved the job's state and said where
-            raise Interrupted(f"interrupted; rank 0 saved the run. Resume with --resume {run_dir}") from None
-        raise
-    except distributed.RankFailure as err:
-        if (run_dir / checkpoint.STATE_FILE).is_file():
-            raise distributed.RankFailure(f"{err}; the last checkpoint is intact: --resume {run_dir}") from None
-        raise
-    except BaseException:
-        if world.is_main:
-            checkpoint.remove_incomplete(run_dir)  # keeps a run that saved resumable state (Ctrl-C)
-        raise
-
-    final = _finish_run(method, built, result, writer, run_dir)
-    if cls.produces_teacher and world.is_main:
-        final.update(_record_after_training(run_dir, final["primary"], method.export_models()[final["primary"]],
-                                            built.dataset, built.device))
-    return final
+    position = resume_state or {"epoch": 0, "step": 0}
+    # run.json from the start: a run killed before its first checkpoint still says what it was
+    writer.run_json({"status": "running", "epoch": int(position["epoch"]), "step": int(position["step"])})
+    result = fit(method, config, train_loader, built.val_set, built.test_set, built.info, built.device, writer,
+                 resume=resume_state, after_step=after_step, allow_graphs=not sync_bn)
+    return _finish_run(method, built, result, writer, run_dir)
 
 
 def start_line(built: Built, steps: int | None, resume: str | None = None) -> str:
@@ -355,25 +494,6 @@ def start_line(built: Built, steps: int | None, resume: str | None = None) -> st
             f"{warmup} · {split}{adjusted}")
 
 
-def _choose_run_dir(config: RunConfig, overwrite: bool, world: World) -> Path:
-    """Rank 0 picks (and, with --overwrite, clears) the run directory; the other ranks learn its name."""
-    chosen: str | None = None
-    problem: str | None = None
-    if world.is_main:
-        try:
-            path = checkpoint.new_run_dir(config.out, default_run_name(config), overwrite=overwrite)
-            if overwrite and path.exists():
-                shutil.rmtree(path)
-            chosen = str(path)
-        except KDError as err:
-            problem = str(err)
-    if world.distributed:
-        chosen, problem = distributed.broadcast_object((chosen, problem))
-    if problem is not None:
-        raise KDError(problem)
-    return Path(chosen)
-
-
 def agreement_with_teacher(built: Built, models: dict[str, nn.Module]) -> tuple[float, dict[str, float]]:
     """The teacher's test accuracy, and each model's agreement with the teacher's top-1 on the test split."""
     config, test = built.config, built.test_set
@@ -387,6 +507,8 @@ def agreement_with_teacher(built: Built, models: dict[str, nn.Module]) -> tuple[
 
 
 def _finish_run(method: Method, built: Built, result: FitResult, writer: RunWriter, run_dir: Path) -> dict[str, Any]:
+    """Write the finished run. ``run.json`` says ``complete`` only once everything else is on disk, and the
+    resume state goes last: a kill at any point before leaves a run ``--resume`` finishes the same way."""
     metrics: dict[str, Any] = {"test": result.test, "val": result.val}
     if built.teacher is not None:
         teacher_top1, agreement = agreement_with_teacher(built, method.eval_models())
@@ -406,7 +528,11 @@ def _finish_run(method: Method, built: Built, result: FitResult, writer: RunWrit
         artifacts = method.write_artifacts(run_dir)
         if artifacts:
             final["artifacts"] = artifacts
-        plot_curves(result.history, run_dir / "curves.png")
+        plot_curves(result.history, run_dir / checkpoint.CURVES_FILE)
+        if built.method_cls.produces_teacher:
+            primary = writer.describe()["primary"]
+            final.update(_record_after_training(run_dir, primary, method.export_models()[primary], built.dataset,
+                                                built.device))
         writer.run_json(final)
         (run_dir / checkpoint.STATE_FILE).unlink(missing_ok=True)
     return {**writer.describe(), **final, "run_dir": str(run_dir)}
@@ -418,7 +544,7 @@ def _finish_run(method: Method, built: Built, result: FitResult, writer: RunWrit
 
 def _statistics_of(run_dir: Path, role: str, model: nn.Module, train_set: ImageSet, info: DatasetInfo,
                    device: torch.device) -> dict[str, Any]:
-    """Every method's :meth:`~kdcli.methods.base.Method.record_teacher_statistics`, merged into ``run.json``;
+    """Every method's :meth:`~kdcli.methods.base.Method.record_teacher_statistics`: the entries for ``run.json``;
     a method whose :attr:`~kdcli.methods.base.Method.teacher_needs` this model does not meet is skipped."""
     entries: dict[str, Any] = {}
     offers = model_provides(model)
@@ -427,10 +553,6 @@ def _statistics_of(run_dir: Path, role: str, model: nn.Module, train_set: ImageS
             if not entry.builder.teacher_needs <= offers:
                 continue  # e.g. Lopes et al.'s per-stage statistics of a model without stages
             entries.update(entry.builder.record_teacher_statistics(run_dir, role, model, train_set, info, device))
-    if entries:
-        info_json = checkpoint.read_run(run_dir)
-        info_json.update(entries)
-        checkpoint.write_json(run_dir / checkpoint.RUN_FILE, info_json)
     return entries
 
 
@@ -458,7 +580,16 @@ def record_statistics(run_ref: str, device: str = "auto", data_dir: str | None =
     model, _ = checkpoint.load_run_model(run_ref, dev)
     dataset = get_dataset(info_json["dataset"]["name"],
                           data_dir or info_json.get("config", {}).get("data", {}).get("data_dir"))
-    return _statistics_of(run_dir, role, model, dataset.load("train"), dataset.info, dev)
+    claim = checkpoint.claim_for_resume(run_dir)  # no other writer while run.json is updated
+    try:
+        entries = _statistics_of(run_dir, role, model, dataset.load("train"), dataset.info, dev)
+        if entries:
+            current = checkpoint.read_run(run_dir)
+            current.update(entries)
+            checkpoint.write_json(run_dir / checkpoint.RUN_FILE, current)
+    finally:
+        claim.release()
+    return entries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,8 +635,8 @@ def import_teacher(
             test = evaluate_models({IMPORTED_ROLE: model}, test_set, info, device, config.train.eval_batch_size, dtype)
         progress.log(f"imported {config.model} from {weights} ({source['format']}): test top-1 "
                      f"{100 * test[IMPORTED_ROLE]['top1']:.2f}% on {info.name}")
-        run_dir = _choose_run_dir(config, overwrite, World())
-        role = IMPORTED_ROLE
+        claim = checkpoint.claim_run_dir(config.out, default_run_name(config), overwrite=overwrite)
+        run_dir, role = claim.path, IMPORTED_ROLE
         final = {
             "kd_version": __version__,
             "command": config.command,
@@ -532,13 +663,16 @@ def import_teacher(
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         try:
+            claim.clear()  # --overwrite: the previous run goes only now, once this one is known to start
             checkpoint.save_model(run_dir / f"{role}.safetensors", model, role, info.to_dict())
-            checkpoint.write_json(run_dir / checkpoint.RUN_FILE, final)
+            checkpoint.write_json(run_dir / checkpoint.RUN_FILE, {**final, "status": "running"})
+            final.update(_record_after_training(run_dir, role, model, dataset, device))
+            checkpoint.write_json(run_dir / checkpoint.RUN_FILE, final)  # complete only once everything is there
         except BaseException:
-            (run_dir / f"{role}.safetensors").unlink(missing_ok=True)
-            checkpoint.remove_incomplete(run_dir)
+            claim.abandon()
             raise
-        final.update(_record_after_training(run_dir, role, model, dataset, device))
+        finally:
+            claim.release()
     return {**final, "run_dir": str(run_dir)}
 
 
@@ -573,14 +707,19 @@ def synthesize(
         raise KDError(f"--dtype must be one of {', '.join(synthetic_sets.DTYPES)} (got {dtype!r})")
     counted = {f.name for f in dataclasses.fields(cls.Params)} if dataclasses.is_dataclass(cls.Params) else set()
     values = {**config.method_params, **({"n": n} if "n" in counted else {})}  # what is made, not the preset's n
-    with progress.silenced(quiet):
+    with progress.silenced(quiet), stop_signals():
         built = build(config, World(), values)
         seed_everything(config.train.seed, built.device)
         method = cls(built.context(0), built.params)
         result: dict[str, Any] = {}
         if cls.synthesis == "generator":
             method.prepare()
-            fitted = fit(method, built.config, None, None, built.test_set, built.info, built.device, RunWriter(None))
+            try:
+                fitted = fit(method, built.config, None, None, built.test_set, built.info, built.device,
+                             RunWriter(None))
+            except Interrupted as err:
+                raise Interrupted(f"{err}: kd synthesize does not resume, and nothing was written to {out}",
+                                  err.exit_code) from None
             result["student_test_top1"] = fitted.test[cls.primary]["top1"]
             result["train_wall_time_s"] = round(fitted.wall_time_s, 3)
         with Timer(built.device) as timer:

@@ -36,5 +36,17 @@ for section in "${@:-bench}"; do
         python3 -m kdcli evaluate "$OUT/tv" "$OUT/staged-student" "$OUT/dml-user" "$OUT/okddip-user" \
           --allow-module tests.models --device cuda; } 2>&1 | tee "$OUT/user-models.log"
       ;;
+    lifecycle)  # issue 9 on CUDA (graphs on): divergence → exit 3; SIGTERM mid-run → saved, resumed; kd's JSON strict
+      L="$OUT/lifecycle"; rm -rf "$L"; mkdir -p "$L"
+      python3 -m kdcli train-teacher --model resnet20 --epochs 2 --lr 1e6 --device cuda --out "$L/diverged" --quiet
+      echo "diverged run: exit $? (want 3)"; python3 -c "import json,sys; d=json.load(open(sys.argv[1]), parse_constant=lambda c: sys.exit('NaN in run.json')); print('status', d['status'])" "$L/diverged/run.json"
+      ARGS=(train-teacher --model resnet20 --epochs 8 --batch-size 32 --seed 1 --device cuda --quiet)
+      python3 -m kdcli "${ARGS[@]}" --out "$L/full" --json > "$L/full.json"
+      python3 -m kdcli "${ARGS[@]}" --out "$L/cut" & PID=$!
+      while [ ! -f "$L/cut/state.safetensors" ] && kill -0 $PID 2>/dev/null; do sleep 0.05; done; kill -TERM $PID
+      wait $PID; echo "SIGTERM: exit $? (want 143)"; grep -o '"status": "[a-z]*"' "$L/cut/run.json"
+      python3 -m kdcli train-teacher --resume "$L/cut" --json > "$L/cut.json"; echo "resume: exit $?"
+      python3 -c "import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); print('test top-1 uninterrupted', a['metrics']['test'], 'resumed', b['metrics']['test'], '(bit-identical only where CUDA kernels are deterministic)')" "$L/full.json" "$L/cut.json"
+      ;;
   esac
 done

@@ -19,6 +19,18 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """kd's cache ($XDG_CACHE_HOME/kd: folder datasets, the catalogue) goes to a temp folder, not the user's home."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def digits_config(command: str = "train-teacher", method: str = "supervised", **train: object) -> RunConfig:
     config = RunConfig(command=command, method=method, model="lenet5")
     config.data.dataset = "digits"

@@ -79,3 +79,24 @@ def test_not_a_run_directory(tmp_path):
         checkpoint.read_run(tmp_path)
     with pytest.raises(KDError, match="not found"):
         checkpoint.read_run(tmp_path / "missing")
+
+
+def test_a_failed_resume_never_removes_the_run(tmp_path):
+    """Cleaning up after a failure is for a new run's own files: a resumed run's directory is left alone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint.write_json(run / "run.json", {"roles": {}, "dataset": {}, "config": {}})
+    (run / "metrics.jsonl").write_text("{}\n")
+    claim = checkpoint.claim_for_resume(run)
+    claim.abandon()
+    claim.release()
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "run.json"]
+
+
+def test_overwrite_knows_every_file_a_run_lists(tmp_path):
+    info = {"roles": {"peer0": {"file": "peer0.safetensors"}}, "artifacts": {"generator": "generator.safetensors",
+            "synthetic": "/elsewhere/set"}, "metadata": {"file": "metadata.safetensors"}}
+    known = checkpoint.known_entries(info)
+    assert {"peer0.safetensors", "generator.safetensors", "metadata.safetensors", "run.json", "metrics.jsonl",
+            "state.safetensors", "curves.png"} <= known
+    assert "/elsewhere/set" not in known and "set" not in known

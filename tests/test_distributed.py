@@ -262,13 +262,15 @@ def test_a_hung_rank_is_named_after_the_collective_timeout(tmp_path):
     assert re.search(r"after [23]s \(", line), line  # the 2 s collective timeout (+ scheduling slack)
 
 
-def test_ctrl_c_on_torchrun_saves_and_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_on_torchrun_saves_and_leaves_no_process(tmp_path, signum):
+    """torchrun passes Ctrl-C or a scheduler's SIGTERM to every rank: all stop at the same step, rank 0 saves."""
     launcher = torchrun([*LONG_ARGS, "--out", "stopped"], tmp_path, wait=False)
     try:
         wait_for(tmp_path / "stopped" / "state.safetensors", [launcher])
         workers = children(launcher.pid)
         assert len(workers) == 2
-        launcher.send_signal(signal.SIGINT)
+        launcher.send_signal(signum)
         output, _ = launcher.communicate(timeout=60)
     finally:
         if launcher.poll() is None:
@@ -279,5 +281,6 @@ def test_ctrl_c_on_torchrun_saves_and_leaves_no_process(tmp_path):
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers), output
     info = json.loads((tmp_path / "stopped" / "run.json").read_text())
-    assert info["status"] == "running"  # a resumable checkpoint, not a half-written run
+    assert info["status"] == "interrupted", output  # a resumable checkpoint, not a half-written run
     assert "interrupted" in output
+    assert f"{signal.Signals(signum).name} at epoch" in output and "Resume with: kd train-teacher --resume stopped" in output

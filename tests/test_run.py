@@ -67,7 +67,7 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(tmp_path):
     with pytest.raises(Interrupted, match="resume"):
         train(config, quiet=True, after_step=ctrl_c_at(30))  # mid second epoch (20 steps per epoch)
     assert (tmp_path / "cut" / "state.safetensors").exists()
-    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
     resumed = train(digits_config(), resume=str(tmp_path / "cut"), quiet=True)
     assert resumed["metrics"]["test"] == reference["metrics"]["test"]
     assert [round(r["train_loss"], 6) for r in resumed["history"]] == [round(r["train_loss"], 6) for r in reference["history"]]
@@ -105,3 +105,55 @@ def test_distill_without_teacher_is_refused():
     config = digits_config(command="distill", method="kd")
     with pytest.raises(KDError, match="--teacher"):
         train(config, quiet=True)
+
+
+def test_divergence_stops_the_run_and_its_last_finite_checkpoint_resumes(tmp_path):
+    """A loss that stops being finite: exit code 3, status `diverged`, JSON without NaN, epoch 1's checkpoint kept;
+    resumed, the run ends where an uninterrupted one ends (the NaN here was injected, so it does not recur)."""
+    from kdcli.errors import Diverged
+
+    reference_cfg = digits_config(epochs=2)
+    reference_cfg.out = str(tmp_path / "full")
+    reference = train(reference_cfg, quiet=True)
+
+    def poison(method, step):
+        if step == 25:  # in epoch 2 (20 steps per epoch)
+            with torch.no_grad():
+                next(method.parameters()).fill_(float("nan"))
+
+    config = digits_config(epochs=2)
+    config.out = str(tmp_path / "cut")
+    with pytest.raises(Diverged, match=r"diverged at epoch 2 step 20: loss.* not finite\. The last finite checkpoint "
+                                       r"\(epoch 1 step 0\) is kept: resume it") as caught:
+        train(config, quiet=True, after_step=poison)
+    assert caught.value.exit_code == 3
+    cut = tmp_path / "cut"
+    info = json.loads((cut / "run.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in run.json"))
+    assert info["status"] == "diverged" and "epoch 2" in info["diverged"]
+    assert checkpoint.load_state(cut / "state.safetensors")["epoch"] == 1
+    assert len((cut / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = train(None, resume=str(cut), quiet=True)
+    assert resumed["metrics"]["test"] == reference["metrics"]["test"]
+    full, _ = checkpoint.load_run_model(str(tmp_path / "full"))
+    again, _ = checkpoint.load_run_model(str(cut))
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), again.state_dict().values()))
+    assert resumed["resumes"][0]["epoch"] == 1
+
+
+def test_resume_may_extend_epochs_and_lower_the_rate_and_records_it(tmp_path):
+    from kdcli.config import ResumeChanges
+
+    def ctrl_c(method, step):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = digits_config(epochs=1)
+    config.out = str(tmp_path / "run")
+    with pytest.raises(Interrupted, match=r"SIGINT at epoch 1 step 6: saved\. Resume with: kd train-teacher --resume"):
+        train(config, quiet=True, after_step=ctrl_c)
+    changes = ResumeChanges("train-teacher", flags={"epochs": 2, "lr": 0.01, "seed": 0, "device": "cpu"})
+    result = train(None, resume=str(tmp_path / "run"), changes=changes, quiet=True)
+    assert result["config"]["train"]["epochs"] == 2 and result["config"]["optim"]["lr"] == 0.01
+    assert len(result["history"]) == 2 and result["history"][-1]["lr"] < 0.01
+    assert result["resumes"] == [{"at": result["resumes"][0]["at"], "epoch": 0, "step": 6,
+                                  "changed": {"epochs": [1, 2], "lr": [0.05, 0.01]}}]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from kdcli.errors import KDError
+from kdcli.errors import Aborted, KDError
 
 try:  # typer ≥ 0.17 vendors click; older releases use the click package
     from typer import _click as click
@@ -45,6 +45,9 @@ def handle_errors(func: F) -> F:
                 raise
             error_line(str(err))
             raise typer.Exit(err.exit_code) from None
+        except Aborted as err:  # Ctrl-C or SIGTERM where nothing was saved
+            error_line("interrupted")
+            raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None
@@ -53,6 +56,9 @@ def handle_errors(func: F) -> F:
         except Exception as err:  # noqa: BLE001 - the one place unknown failures are turned into a line
             if os.environ.get("KD_DEBUG"):
                 raise
+            if isinstance(err, OSError) and err.filename:  # a path that cannot be read or written: which, and why
+                error_line(f"cannot access {err.filename}: {err.strerror or type(err).__name__}")
+                raise typer.Exit(2) from None
             first = str(err).splitlines()[0] if str(err) else ""
             error_line(f"internal error {type(err).__name__}: {first} (set KD_DEBUG=1 for the traceback)")
             raise typer.Exit(1) from None

@@ -107,8 +107,10 @@ OPTIONS: dict[str, Opt] = {
                   "--epochs scales its milestones and ramp-up) | a named variant (`kd list methods NAME`)."),
     "config": Opt(("--config",), "TOML file of defaults; flags win.", Optional[Path]),
     "out": _config(("--out", "-o"), "Run directory to write (default runs/<name>).", Optional[str], "out", RUN),
-    "resume": Opt(("--resume",), "Continue an interrupted run directory."),
-    "overwrite": Opt(("--overwrite",), "Replace an existing --out directory.", bool, default=False),
+    "resume": Opt(("--resume",), "Continue an interrupted or diverged run directory with its own config (only "
+                  "--epochs, --lr, --device, --data-dir may change)."),
+    "overwrite": Opt(("--overwrite",), "Replace an existing --out run (only a directory kd wrote).", bool,
+                     default=False),
     "json": Opt(("--json",), "Print the result as JSON instead of a table.", bool, default=False),
     "quiet": Opt(("--quiet", "-q"), "No progress display or per-epoch log.", bool, default=False),
     "allow_module": Opt(("--allow-module",), "Let kd import this module for a model a run names, e.g. my_pkg.nets "
@@ -179,10 +181,12 @@ class Options(dict):
         return flags
 
     def method_flags(self) -> dict[str, Any]:
-        """Method hyperparameters: ``--param KEY=VALUE`` pairs, then the named flags (which win)."""
-        values: dict[str, Any] = parse_params(self.get("param"))
-        values.update({OPTIONS[n].key: v for n, v in self.items() if OPTIONS[n].method_param and v is not None})
-        return values
+        """Method hyperparameters from the named flags (typed by the option); they win over ``--param``."""
+        return {OPTIONS[n].key: v for n, v in self.items() if OPTIONS[n].method_param and v is not None}
+
+    def param_text(self) -> dict[str, str]:
+        """``--param KEY=VALUE`` pairs as text; the method's ``Params`` types parse them."""
+        return parse_params(self.get("param"))
 
     def api_kwargs(self) -> dict[str, Any]:
         """This invocation as keyword arguments of a :mod:`kdcli.api` training function (the CLI is a thin
@@ -190,6 +194,7 @@ class Options(dict):
         return {
             **self.flags(),
             "params": self.method_flags(),
+            "param_text": self.param_text(),
             "preset": self.get("preset"),
             "config": self.get("config"),
             "resume": self.get("resume"),

@@ -2,8 +2,9 @@
 
 Images are decoded once (PIL, in a thread pool) into uint8 tensors and cached as safetensors, keyed
 by the file list, sizes and modification times, so later runs read one file and decode nothing.
-The cache sits in ``PATH/.kd-cache-<split>.safetensors``, or under ``~/.cache/kd/folder/`` when
-``PATH`` is read-only. Per-channel mean/std come from the train split and are stored with its cache.
+The cache sits in kd's cache directory (``$XDG_CACHE_HOME/kd/folder/<hash of PATH>/``, by default
+under ``~/.cache``), never inside the user's data folder. Per-channel mean/std come from the train
+split and are stored with its cache. A file that is not a readable image is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -86,11 +87,31 @@ def list_split(root: Path, split: Split, classes: list[str]) -> SplitListing:
 # --- decoding -----------------------------------------------------------------------------
 
 
+#: What PIL raises for a file it cannot decode (truncated, not an image, unsupported, absurdly large).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _unreadable(path: Path, err: BaseException) -> KDError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return KDError(f"{path} is not a readable image ({reason}); remove or replace it")
+
+
 def _probe(path: Path) -> tuple[str, int, int]:
     """PIL mode to decode to, and the image's (height, width), from the file header only."""
-    with Image.open(path) as image:
-        mode = "L" if image.mode in GRAY_MODES else "RGB"
-        return mode, image.height, image.width
+    try:
+        with Image.open(path) as image:
+            mode = "L" if image.mode in GRAY_MODES else "RGB"
+            return mode, image.height, image.width
+    except DECODE_ERRORS as err:
+        raise _unreadable(path, err) from None
+
+
+def _decode(path: Path, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode))
+    except DECODE_ERRORS as err:
+        raise _unreadable(path, err) from None
 
 
 def decode_images(files: tuple[Path, ...], threads: int | None = None) -> torch.Tensor:
@@ -104,8 +125,7 @@ def decode_images(files: tuple[Path, ...], threads: int | None = None) -> torch.
     def decode_range(start: int, stop: int) -> int | None:
         """Decode files[start:stop] into ``out``; return the index of the first odd-sized one."""
         for i in range(start, stop):
-            with Image.open(files[i]) as image:
-                pixels = np.asarray(image.convert(mode))
+            pixels = _decode(files[i], mode)
             if pixels.shape[:2] != (height, width):
                 return i
             out[i] = pixels.reshape(height, width, channels)
@@ -127,9 +147,9 @@ def decode_images(files: tuple[Path, ...], threads: int | None = None) -> torch.
 
 
 def cache_paths(root: Path, split: Split) -> list[Path]:
-    """Where a split's cache may be, in the order tried: inside the dataset, then kd's user cache."""
+    """Where a split's cache is: kd's cache directory, keyed by the dataset folder's absolute path."""
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return [root / f".kd-cache-{split}.safetensors", cache_root() / "folder" / tag / f"{split}.safetensors"]
+    return [cache_root() / "folder" / tag / f"{split}.safetensors"]
 
 
 def read_cache_metadata(path: Path, key: str) -> tuple[dict[str, str], tuple[int, ...]] | None:
@@ -185,6 +205,9 @@ class FolderSplits:
         _split_dir(root, "test")  # fail before the slow decode of train, not after
         if not self.classes:
             raise KDError(f"{root / 'train'} has no class folders: put images in {root}/train/<class>/")
+        if len(self.classes) < 2:
+            raise KDError(f"{root / 'train'} has one class folder ({self.classes[0]}): a classifier needs at least "
+                          f"2 classes, one folder each")
         self.listings: dict[Split, SplitListing] = {}
         self.loaded: dict[Split, ImageSet] = {}
 

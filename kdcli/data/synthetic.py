@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from kdcli.checkpoint import FORMAT_VERSION, load_tensors, save_tensors
+from kdcli.checkpoint import FORMAT_VERSION, dir_mode, dumps, load_tensors, refuse_cwd, save_tensors
 from kdcli.errors import KDError
 from kdcli.pictures import image_grid
 
@@ -100,10 +100,25 @@ def soft_targets(
 
 
 def check_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """The set's folder: refused if it exists non-empty without ``--overwrite`` (checked before any work)."""
+    """The set's folder, checked before any work: a new or empty folder, or with ``--overwrite`` a set kd
+    wrote (its ``synthetic.json`` readable and nothing else inside); never the current directory."""
     path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise KDError(f"{out} already exists; pass --overwrite to replace it")
+    if path.exists() and not path.is_dir():
+        raise KDError(f"--out {out} is a file, not a directory; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise KDError(f"{out} already exists; pass --overwrite to replace it (only a set kd wrote is replaced)")
+        refuse_cwd(path, "--overwrite")
+        try:
+            info = read_description(path)
+        except KDError as err:
+            raise KDError(f"--overwrite refuses {out}: {err}") from None
+        known = {SET_FILE, SAMPLES_FILE, *(s.get("file") for s in info.get("shards", []) if isinstance(s, dict)),
+                 *(v for v in (info.get("files") or {}).values() if isinstance(v, str))}
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in known)
+        if foreign:
+            raise KDError(f"--overwrite refuses {out}: it holds files kd did not write ({', '.join(foreign[:5])}); "
+                          "move them away or choose another --out")
     return path
 
 
@@ -132,6 +147,7 @@ def write_set(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, dir_mode())  # a set is as readable as any folder the user makes (mkdtemp gives 0700)
     try:
         images = to_uint8(data.pixels()) if dtype == "uint8" else data.pixels().to(torch.float16)
         shards = []
@@ -163,7 +179,7 @@ def write_set(
             "samples": SAMPLES_FILE,
             "files": files,
         }
-        (tmp / SET_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        (tmp / SET_FILE).write_text(dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)

@@ -28,6 +28,7 @@ is ``"generator"``); ``kd train-teacher`` and ``kd record-metadata`` call every 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from kdcli import distributed
-from kdcli.config import OptimConfig, RunConfig
+from kdcli.config import OptimConfig, Range, RunConfig, WrongType, check_range, check_type
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.distributed import Shard, World
 from kdcli.errors import KDError, did_you_mean
@@ -146,6 +147,9 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    #: The range of each numeric hyperparameter (``positive()``, ``between(0, 1)``...), checked with its type
+    #: whatever set it (preset, TOML, flag, ``--param``); a list is checked element by element.
+    param_ranges: ClassVar[dict[str, Range]] = {}
     #: ``{preset name: {dataset name or "*": config overrides}}``; ``quick`` is the default preset.
     #: Overrides are flat config keys (``epochs``, ``lr``, ``model``...) plus ``method`` for the
     #: method's own hyperparameters. A ``paper`` preset's docstring names the table it reproduces.
@@ -193,8 +197,8 @@ class Method(nn.Module):
     # -- hyperparameters ---------------------------------------------------------------------------
     @classmethod
     def make_params(cls, values: dict[str, Any]) -> Any:
-        """The ``Params`` dataclass from user values (strings from ``--param`` are coerced; unknown keys fail)."""
-        return make_params(cls.Params, values, cls.name)
+        """The ``Params`` dataclass from typed values, checked against :attr:`param_ranges` (see :func:`make_params`)."""
+        return make_params(cls.Params, values, cls.name, cls.param_ranges)
 
     @classmethod
     def resolve_params(cls, params: Any, ctx: MethodContext) -> Any:
@@ -349,9 +353,16 @@ def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float | No
     )
 
 
-def make_params(cls: type, values: dict[str, Any], method: str) -> Any:
-    """Build a method's hyperparameter dataclass from user values, coercing types; unknown keys fail."""
+def make_params(cls: type, values: dict[str, Any], method: str, ranges: dict[str, Range] | None = None) -> Any:
+    """Build a method's hyperparameter dataclass from typed values; wrong types, ranges and unknown keys fail.
+
+    Types are strict (:func:`kdcli.config.check_type`): a bool is not an int, a string is not a float,
+    ``1.5`` is not a count. Text from ``--param KEY=VALUE`` is parsed first, by :func:`parse_param_text`.
+    ``ranges`` (a method's :attr:`Method.param_ranges`) bounds numbers, defaults included.
+    """
     if not dataclasses.is_dataclass(cls):
+        if values := {k: v for k, v in values.items() if v is not None}:
+            raise KDError(f"method {method!r} has no parameters (got {', '.join(values)})")
         return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -360,34 +371,62 @@ def make_params(cls: type, values: dict[str, Any], method: str) -> Any:
         if value is None:
             continue
         if key not in fields:
-            hint = did_you_mean(key, list(fields), n=2, cutoff=0.6)
-            raise KDError(f"method {method!r} has no parameter {key!r}.{hint} Valid: {', '.join(fields) or 'none'}.")
-        kwargs[key] = _coerce(value, hints.get(key), key, method)
-    return cls(**kwargs)
+            raise _no_such_param(method, key, list(fields))
+        try:
+            kwargs[key] = check_type(value, hints.get(key, Any))
+        except WrongType as err:
+            raise KDError(f"method {method!r}: {key} must be {err} (got {value!r})") from None
+    params = cls(**kwargs)
+    for key, rule in (ranges or {}).items():
+        check_range(f"method {method!r}: {key}", getattr(params, key), rule)
+    return params
 
 
-def _coerce(value: Any, hint: Any, key: str, method: str) -> Any:
+def _no_such_param(method: str, key: str, fields: list[str]) -> KDError:
+    hint = did_you_mean(key, fields, n=2, cutoff=0.6)
+    return KDError(f"method {method!r} has no parameter {key!r}.{hint} Valid: {', '.join(fields) or 'none'}.")
+
+
+def parse_param_text(cls: type, text: dict[str, str], method: str) -> dict[str, Any]:
+    """``--param KEY=VALUE`` pairs as typed values of ``cls``'s fields (``"4"`` → 4.0 for a float field,
+    ``"false"`` → False, ``"1,0.1"`` → [1.0, 0.1], ``"none"`` → None where allowed); bad text fails."""
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    hints = typing.get_type_hints(cls) if fields else {}
+    values: dict[str, Any] = {}
+    for key, raw in text.items():
+        if key not in fields:
+            raise _no_such_param(method, key, sorted(fields))
+        values[key] = _parse_text(raw, hints.get(key, str), key, method)
+    return values
+
+
+def _parse_text(raw: str, hint: Any, key: str, method: str) -> Any:
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):  # ``float | None``: None stays None, else the inner type
+    if origin in (typing.Union, types.UnionType):  # ``float | None``: "none" is None, else the inner type
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if raw.lower() in ("none", "null", ""):
             return None
-        return _coerce(value, inner[0], key, method) if len(inner) == 1 else value
+        return _parse_text(raw, inner[0], key, method) if len(inner) == 1 else raw
     try:
-        if hint is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
                 return True
-            if value.lower() in ("0", "false", "no", "off"):
+            if raw.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(value)
-        if hint in (int, float, str, bool):
-            return hint(value)
-        if origin in (list, tuple) and isinstance(value, str):
-            (item,) = set(typing.get_args(hint)) - {Ellipsis} or {str}
-            return [item(v) for v in value.split(",") if v]
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
+        if origin in (list, tuple):
+            (item,) = typing.get_args(hint)[:1] or (str,)
+            return [_parse_text(v.strip(), item, key, method) for v in raw.split(",") if v.strip()]
     except (TypeError, ValueError):
-        raise KDError(f"method {method!r}: {key} must be {getattr(hint, '__name__', hint)} (got {value!r})") from None
-    return value
+        raise KDError(f"method {method!r}: {key} must be {getattr(hint, '__name__', hint)} (got {raw!r})") from None
+    return raw
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

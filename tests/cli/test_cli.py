@@ -60,6 +60,7 @@ def _assert_clean_error(result, pattern: str, tmp: Path):
     assert not (tmp / "runs").exists() and not (tmp / "x").exists()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "args,pattern",
     [
@@ -76,12 +77,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, pattern
     _assert_clean_error(kd(*args, *(["--out", "x"] if args[0] != "evaluate" else [])), pattern, tmp_path)
 
 
+@pytest.mark.bad_input
 def test_directory_that_is_not_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     _assert_clean_error(kd("evaluate", "empty"), "not a kd run directory", tmp_path)
     _assert_clean_error(kd("distill", "--teacher", "empty", "--out", "x"), "not a kd run directory", tmp_path)
 
 
+@pytest.mark.bad_input
 def test_corrupt_checkpoint_in_a_run(tmp_path, teacher_run):
     import shutil
 
@@ -92,6 +95,7 @@ def test_corrupt_checkpoint_in_a_run(tmp_path, teacher_run):
     _assert_clean_error(kd("distill", "--teacher", "broken", "--out", "x"), "safetensors", tmp_path)
 
 
+@pytest.mark.bad_input
 def test_teacher_dataset_mismatch(tmp_path, teacher_run):
     _assert_clean_error(
         kd("distill", "--teacher", str(teacher_run), "--dataset", "fake-1-8-5", "--out", "x"), "does not fit", tmp_path
@@ -99,6 +103,7 @@ def test_teacher_dataset_mismatch(tmp_path, teacher_run):
     _assert_clean_error(kd("evaluate", str(teacher_run), "--dataset", "fake-1-8-5"), "cannot evaluate", tmp_path)
 
 
+@pytest.mark.bad_input
 def test_existing_out_needs_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep").write_text("mine")

@@ -230,6 +230,7 @@ def test_training_split_is_never_read(teacher, tmp_path, monkeypatch):
     assert run.exit_code == 0, run.output
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "args,pattern",
     [
@@ -237,7 +238,7 @@ def test_training_split_is_never_read(teacher, tmp_path, monkeypatch):
         (["distill-datafree", "--teacher", "nowhere", "--method", "zskd"], "not found"),
         (["synthesize", "--method", "zskd"], "--teacher"),
         (["synthesize", "--teacher", "{t}", "--method", "zskd", "-n", "0"], "-n must be positive"),
-        (["distill-datafree", "--teacher", "{t}", "--method", "zskd", "-n", "0"], "-n must be positive"),
+        (["distill-datafree", "--teacher", "{t}", "--method", "zskd", "-n", "0"], "n must be positive"),
         (["synthesize", "--teacher", "{t}", "--method", "deepinversion"], "no BatchNorm"),
         (["distill-datafree", "--teacher", "{t}", "--method", "deepinversion"], "no BatchNorm"),
         (["distill-datafree", "--teacher", "{t}", "--method", "zskdd"], "Did you mean zskd"),

@@ -86,6 +86,7 @@ def _assert_clean_error(result, pattern: str, tmp: Path):
     assert not (tmp / "runs").exists() and not (tmp / "x").exists()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "args,pattern",
     [

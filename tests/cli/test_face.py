@@ -27,6 +27,7 @@ def test_version_and_short_help():
         assert result.exit_code == 0 and "Usage" in result.output, args
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "args,pattern",
     [

@@ -56,7 +56,7 @@ def test_every_method_trains_resumes_saves_and_evaluates(name, bn_teacher, tmp_p
     with pytest.raises(Interrupted, match="--resume"):
         train(cheap_config(name, teacher, out), quiet=True, after_step=ctrl_c)
     info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "running" and (out / checkpoint.STATE_FILE).is_file()
+    assert info["status"] == "interrupted" and (out / checkpoint.STATE_FILE).is_file()
     result = train(None, resume=str(out), quiet=True)
     assert result["status"] == "complete" and len(result["history"]) == 2
     assert result["method"] == name and result["config"]["preset"] == "quick"
@@ -79,3 +79,18 @@ def test_every_synthesising_method_writes_a_set(name, bn_teacher, tmp_path):
     data, description = read_set(tmp_path / "set")
     assert len(data) == result["count"] == 20 and description["method"] == name
     assert data.soft_targets.shape == (20, 10)
+
+
+@pytest.mark.parametrize("name", [entry.name for entry in METHODS])
+def test_every_numeric_hyperparameter_has_a_range(name):
+    """Validation up front: each number a method takes is bounded by its ``param_ranges`` (and its defaults fit)."""
+    import typing
+
+    cls = METHODS.resolve(name)[0].builder
+    if not dataclasses.is_dataclass(cls.Params):
+        return
+    numbers = {int, float, int | None, float | None, list[int], list[float]}
+    hints = typing.get_type_hints(cls.Params)
+    numeric = {f.name for f in dataclasses.fields(cls.Params) if hints[f.name] in numbers}
+    assert numeric <= set(cls.param_ranges), f"{name}: no range for {sorted(numeric - set(cls.param_ranges))}"
+    cls.make_params({})  # the defaults are within their ranges

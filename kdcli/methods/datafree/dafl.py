@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcli.config import Range, at_least, positive
 from kdcli.methods.base import Batch, MethodContext, Preset, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import dafl_generator_loss, kd_loss
@@ -57,6 +58,9 @@ class DAFL(GeneratorDistill):
 
     Params = DAFLParams
     teacher_needs: ClassVar[frozenset[str]] = frozenset({"features"})  # the activation loss reads the embedding
+    param_ranges: ClassVar[dict[str, Range]] = {"latent_dim": positive(), "lr_generator": positive(), "alpha_oh": at_least(0.0),
+                                                   "alpha_a": at_least(0.0), "alpha_ie": at_least(0.0),
+                                                   "iterations": positive(), "temperature": positive()}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {  # the generator dominates the cost: ~1 s per batch of 64 MNIST images on one CPU core
             "*": {

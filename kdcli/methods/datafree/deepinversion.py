@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli import progress
+from kdcli.config import Range, at_least, positive
 from kdcli.data import synthetic
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.device import autocast, resolve_precision
@@ -95,6 +96,10 @@ class DeepInversion(TransferSetDistill):
 
     Params = DeepInversionParams
     teacher_needs: ClassVar[frozenset[str]] = frozenset({"batchnorm"})  # the statistics it inverts
+    param_ranges: ClassVar[dict[str, Range]] = {"n": positive(), "temperature": positive(), "iterations": positive(),
+                                                   "lr_input": positive(), "synth_batch": positive(),
+                                                   "bn_weight": at_least(0.0), "tv_weight": at_least(0.0),
+                                                   "l2_weight": at_least(0.0), "jitter": at_least(0)}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {

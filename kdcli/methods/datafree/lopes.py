@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from kdcli.config import Range, at_least, positive
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.errors import KDError
@@ -66,6 +67,9 @@ class Lopes(TransferSetDistill):
 
     Params = LopesParams
     teacher_needs: ClassVar[frozenset[str]] = frozenset({"stages"})  # statistics per stage, connectivity between them
+    param_ranges: ClassVar[dict[str, Range]] = {"n": positive(), "temperature": positive(), "iterations": positive(),
+                                                   "lr_input": positive(), "init_std": at_least(0.0),
+                                                   "synth_batch": positive()}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {

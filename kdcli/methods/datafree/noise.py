@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from kdcli.config import Range, positive
 from kdcli.methods.base import Batch, Method, MethodContext, Preset, register_method
 from kdcli.methods.datafree.transfer import distill_step, student_for, with_student
 
@@ -36,6 +37,7 @@ class NoiseDistill(Method):
     """``loss = T²·KL(σ(t(x)/T) ‖ σ(s(x)/T))``, ``x ~ N(0, 1)``. Parts: ``loss``, ``agree``."""
 
     Params = NoiseParams
+    param_ranges: ClassVar[dict[str, Range]] = {"temperature": positive(), "iterations": positive()}
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
     primary: ClassVar[str] = "student"

@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcli.config import Range, positive
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.methods.base import Preset, register_method
 from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
@@ -60,6 +61,9 @@ class ZSKD(TransferSetDistill):
 
     Params = ZSKDParams
     teacher_needs: ClassVar[frozenset[str]] = frozenset({"classifier"})  # its weights give the class similarity
+    param_ranges: ClassVar[dict[str, Range]] = {"n": positive(), "temperature": positive(), "betas": positive(),
+                                                   "iterations": positive(), "lr_input": positive(),
+                                                   "synth_batch": positive()}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {

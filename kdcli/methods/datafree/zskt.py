@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcli.config import Range, at_least, positive
 from kdcli.methods.base import Batch, MethodContext, Preset, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import at_loss, zskt_divergence
@@ -60,6 +61,10 @@ class ZSKT(GeneratorDistill):
     Params = ZSKTParams
     model_needs: ClassVar[frozenset[str]] = frozenset({"groups"})  # attention transfer, on both sides
     teacher_needs: ClassVar[frozenset[str]] = frozenset({"groups"})
+    param_ranges: ClassVar[dict[str, Range]] = {"latent_dim": positive(), "lr_generator": positive(),
+                                                   "generator_steps": positive(), "student_steps": positive(),
+                                                   "beta": at_least(0.0), "temperature": positive(),
+                                                   "grad_clip": positive(), "iterations": positive()}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {

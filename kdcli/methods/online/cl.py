@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcli.config import Range, at_least, positive
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import consensus_of_others, peer_kl, stacked_cross_entropy
@@ -80,6 +81,9 @@ class CL(SharedTrunkMethod):
     """
 
     Params = CLParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "temperature": positive(),
+                                                   "hard_weight": at_least(0.0), "soft_weight": at_least(0.0),
+                                                   "ramp_epochs": at_least(0.0)}
     primary = "branch0"
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,

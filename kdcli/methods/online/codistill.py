@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli import distributed
-from kdcli.config import RunConfig
+from kdcli.config import Range, RunConfig, at_least, positive
 from kdcli.distributed import World
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
@@ -95,6 +95,8 @@ class Codistill(PeerMethod):
     """
 
     Params = CodistillParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "exchange_every": positive(), "burn_in": at_least(0),
+                                                   "distill_weight": at_least(0.0), "temperature": positive()}
     data_parallel = False  # copies differ between ranks: the exchange and consolidate() are the collectives
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,

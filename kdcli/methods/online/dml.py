@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcli.config import Range, positive
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import mutual_loss, peer_kl, stacked_cross_entropy
@@ -61,6 +62,7 @@ class DML(PeerMethod):
     """
 
     Params = DMLParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "temperature": positive()}
     presets: ClassVar[dict[str, Preset]] = {
         "quick": QUICK,
         "paper": paper_preset(200, 64, [60, 120, 180], 5e-4, nesterov=True, update="alternating"),

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from kdcli.config import Range, positive
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import stacked_cross_entropy
 from kdcli.methods.online.common import (
@@ -42,6 +43,7 @@ class Independent(PeerMethod):
     """
 
     Params = IndependentParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive()}
     presets: ClassVar[dict[str, Preset]] = {"quick": QUICK}
 
     @classmethod

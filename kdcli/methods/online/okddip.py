@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcli.config import Range, at_least, positive
 from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import attention_targets, peer_kl, stacked_cross_entropy
@@ -75,6 +76,8 @@ class OKDDip(SharedTrunkMethod):
     """
 
     Params = OKDDipParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "temperature": positive(), "ramp_epochs": at_least(0.0),
+                                                   "projection_ratio": at_least(1)}
     primary = "leader"
     role_prefix = "peer"
     presets: ClassVar[dict[str, Preset]] = {

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.config import RunConfig
+from kdcli.config import Range, RunConfig, at_least, positive
 from kdcli.methods.base import Batch, Method, MethodContext, Preset, accuracy, register_method
 from kdcli.methods.losses import peer_kl, stacked_cross_entropy
 from kdcli.methods.online.common import (
@@ -64,6 +64,7 @@ class ONE(Method):
     """
 
     Params = ONEParams
+    param_ranges: ClassVar[dict[str, Range]] = {"peers": positive(), "temperature": positive(), "ramp_epochs": at_least(0.0)}
     primary = "branch0"
     model_needs: ClassVar[frozenset[str]] = frozenset({"stages"})  # a shared trunk and copies of the last stages
     presets: ClassVar[dict[str, Preset]] = {

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcli.config import Range, between, positive
 from kdcli.methods.base import (
     GENTLE_WITHOUT_BATCHNORM,
     Batch,
@@ -40,6 +41,7 @@ class HintonKD(Method):
     """``loss = α · T²·KL(σ(t/T) ‖ σ(s/T)) + (1 − α) · CE(y, s)``. Parts: ``soft``, ``hard``, ``acc``, ``agree``."""
 
     Params = KDParams
+    param_ranges: ClassVar[dict[str, Range]] = {"temperature": positive(), "alpha": between(0.0, 1.0)}
     needs_teacher = True
     primary = "student"
     presets: ClassVar[dict[str, Preset]] = {
