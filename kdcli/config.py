@@ -101,7 +101,7 @@ _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
 #: The ``source`` of :func:`apply_overrides` for command-line flags (errors then name the flag).
 FLAGS = "flags"
 #: Top-level fields a TOML file or a flag may set (``command`` and ``method`` come from the command line).
-SETTABLE_TOP = ("preset", "model", "models", "teacher", "out")
+SETTABLE_TOP = ("preset", "model", "models", "model_args", "teacher", "teacher_model", "out")
 
 
 def _field_names(cls: type) -> set[str]:
@@ -193,6 +193,8 @@ def type_name(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (list, tuple) and args:
         return f"a list of {type_name(args[0]).replace('an ', '').replace('a ', '')}s"
+    if origin is dict:
+        return "a table of KEY = VALUE"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) if a is not type(None) else "none" for a in args)
     return getattr(hint, "__name__", str(hint))
@@ -238,6 +240,9 @@ def check_type(value: Any, hint: Any) -> Any:
                 return [check_type(v, item) if item is not Any else v for v in value]
             except WrongType:
                 raise WrongType(type_name(hint)) from None
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
     else:
         return value
     raise WrongType(type_name(hint))

@@ -222,8 +222,9 @@ def _flat(config: RunConfig) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
+    """A config value as typed on the command line (``0.002``, ``60,120``, ``none``)."""
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "none"
+        return ",".join(_shown(v) for v in value) or "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -292,10 +293,6 @@ def _scaled(value: float, factor: float, integer: bool) -> float:
         return int(round(scaled))
     scaled = round(scaled, 6)
     return int(scaled) if float(scaled).is_integer() else scaled
-
-
-def _shown(value: Any) -> str:
-    return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
 
 
 def scale_with_epochs(config: RunConfig, keys: list[str], preset_epochs: int, explicit: set[str],

@@ -474,7 +474,7 @@ def start_line(built: Built, steps: int | None, resume: str | None = None) -> st
     else:
         rule = f"{optim.optimizer} lr {optim.lr:g} (weight decay {optim.weight_decay:g})"
     if optim.schedule == "step":
-        schedule = f"×{optim.gamma:g} at epochs {','.join(map(str, optim.milestones)) or 'none'}"
+        schedule = f"×{optim.gamma:g} at epochs {','.join(f'{m:g}' for m in optim.milestones) or 'none'}"
     else:
         schedule = f"{optim.schedule} schedule"
     warmup = f"{optim.warmup_epochs:g}-epoch warm-up" if optim.warmup_epochs > 0 else "no warm-up"

@@ -69,7 +69,7 @@ CASES: list[tuple[str, list[str], Callable[[Path, Path], list[str]] | None, str]
     ("batch-size-negative", [*TRAIN, "--batch-size", "-4"], None, "--batch-size must be positive"),
     ("milestones-decrease", [*TRAIN, "--schedule", "step", "--milestones", "10,5"], None, "--milestones must increase"),
     ("milestones-zero", [*TRAIN, "--milestones", "0"], None, "--milestones must be positive"),
-    ("milestones-text", [*TRAIN, "--milestones", "a,b"], None, "comma-separated integers"),
+    ("milestones-text", [*TRAIN, "--milestones", "a,b"], None, "comma-separated epochs"),
     # choices, with a "did you mean"
     ("cuda-graphs-typo", [*TRAIN, "--cuda-graphs", "maybe"], None, "unknown --cuda-graphs 'maybe'"),
     ("optimizer-typo", [*TRAIN, "--optimizer", "adamw"], None, "Did you mean adam?"),
@@ -88,7 +88,7 @@ CASES: list[tuple[str, list[str], Callable[[Path, Path], list[str]] | None, str]
     ("toml-epochs-fraction", TRAIN, toml("epochs = 1.5\n"), "c.toml: epochs must be an integer (got 1.5)"),
     ("toml-batch-size-bool", TRAIN, toml("batch_size = true\n"), "batch_size must be an integer (got True)"),
     ("toml-nesterov-text", TRAIN, toml('nesterov = "yes"\n'), "nesterov must be true or false"),
-    ("toml-milestones-fractions", TRAIN, toml("milestones = [1.5]\n"), "milestones must be a list of integers"),
+    ("toml-milestones-text", TRAIN, toml('milestones = ["a"]\n'), "milestones must be a list of numbers"),
     ("toml-lr-nan", TRAIN, toml("lr = nan\n"), "lr must be a finite number"),
     ("toml-unknown-key", TRAIN, toml("epochz = 3\n"), "unknown setting 'epochz'. Did you mean epochs?"),
     ("toml-unknown-section-key", TRAIN, toml("[optim]\nlrr = 3\n"), "unknown setting 'lrr'. Did you mean lr?"),
