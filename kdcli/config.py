@@ -50,6 +50,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     cuda_graphs: str = "auto"  # auto | on | off
+    #: peers (or branch bodies) of one architecture as one network: auto (wherever possible) | on (required) | off
+    fuse: str = "auto"
+    #: CPU threads; 0 = chosen from the work per step and the cores this process may use (kdcli.device)
+    threads: int = 0
     eval_batch_size: int = 1024
     log_every: int = 20
 
@@ -152,6 +156,9 @@ def validate(config: RunConfig) -> None:
         (config.train.device in ("auto", "cpu", "cuda", "mps") or config.train.device.startswith("cuda:"),
          f"--device must be auto, cpu, cuda or mps (got {config.train.device!r})"),
         (config.train.precision in ("auto", "fp32", "bf16"), f"--precision must be auto, fp32 or bf16 (got {config.train.precision!r})"),
+        (config.train.fuse in ("auto", "on", "off"), f"--fuse must be auto, on or off (got {config.train.fuse!r})"),
+        (isinstance(config.train.threads, int) and config.train.threads >= 0,
+         f"--threads must be 0 (automatic) or a positive count (got {config.train.threads!r})"),
         (config.data.augment in ("auto", "none", "crop", "crop_flip"),
          f"--augment must be auto, none, crop or crop_flip (got {config.data.augment!r})"),
     ]

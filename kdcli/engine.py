@@ -46,11 +46,28 @@ def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int, epochs: int) ->
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
-    """Every param group's learning rate = its initial rate × ``factor``."""
+    """Every param group's learning rate = its initial rate × ``factor``.
+
+    A rate held as a tensor (CUDA, so a captured optimizer step reads the current value) is set in
+    place; one that a resumed state brought back on another device is first moved to its parameters'.
+    """
     for opt in optimizers:
         for group in opt.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"] * factor
+            rate = group["lr"]
+            group.setdefault("initial_lr", float(rate))
+            value = group["initial_lr"] * factor
+            if isinstance(rate, torch.Tensor):
+                device = group["params"][0].device if group["params"] else rate.device
+                if rate.device != device:
+                    group["lr"] = rate = rate.to(device)
+                rate.fill_(value)
+            else:
+                group["lr"] = value
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first param group's learning rate as a number (reading a tensor rate syncs its device)."""
+    return float(optimizer.param_groups[0]["lr"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +334,7 @@ def fit(
             epoch_time = time.perf_counter() - t_epoch
             row: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(epoch_time, 3)}
             row.update({f"train_{k}": v.item() / steps for k, v in sums.items()})
-            row["lr"] = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0
+            row["lr"] = current_lr(optimizers[0]) if optimizers else 0.0
             if val_set is not None:
                 val = evaluate_models(method.eval_models(), val_set, info, device, cfg.eval_batch_size, dtype)
                 row.update({f"val_top1/{role}": r["top1"] for role, r in val.items()})

@@ -253,6 +253,7 @@ def _train_built(
             "device": str(built.device),
             "device_name": device_name(built.device),
             "world_size": world.world_size,
+            "fused": method.fusion(),
             **({"distributed": {"backend": distributed.backend_for(config.train.device), "sync_bn": sync_bn}}
                if world.distributed else {}),
             "versions": versions(),

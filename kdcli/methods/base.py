@@ -228,6 +228,19 @@ class Method(nn.Module):
         """Trained models called exactly once per step on the batch images (CUDA-graph candidates)."""
         return {}
 
+    def graphable_step(self) -> bool:
+        """True: :meth:`training_step` computes only from the batch and the tensors the method holds (no
+        Python value that changes between steps, no host sync, every logged part a device tensor), so on
+        CUDA the engine may capture the whole step (batch gather and augmentation, forward, loss,
+        backward, optimizer) as one CUDA graph and replay it. Default False: only
+        :meth:`graphable_models` are graphed."""
+        return False
+
+    def fusion(self) -> dict[str, str]:
+        """What runs fused under ``--fuse`` (models of one architecture as one network), for ``run.json``:
+        ``{group: description}`` such as ``{"peers": "4 × resnet32"}``. Default: nothing."""
+        return {}
+
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
         if self.teacher is not None:
@@ -290,12 +303,26 @@ class Method(nn.Module):
 
 
 def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
-    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``."""
+    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``.
+
+    On CPU and CUDA it is torch's fused implementation (one kernel over all the tensors, not one
+    per tensor; with fused peers that is one kernel for every peer). On CUDA the learning rate is
+    a device tensor (the engine sets it in place, :func:`kdcli.engine.set_lr`) and Adam is
+    capturable, so the whole training step can be captured as one CUDA graph.
+    """
     lr = cfg.lr if lr is None else lr
+    device = params[0].device if params else torch.device("cpu")
+    options: dict[str, Any] = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    rate: float | torch.Tensor = lr
+    if device.type == "cuda":
+        rate = torch.tensor(float(lr), dtype=torch.float32, device=device)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        if device.type == "cuda":
+            options["capturable"] = True
+        return torch.optim.Adam(params, lr=rate, weight_decay=cfg.weight_decay, **options)
     return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+        params, lr=rate, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay, **options,
     )
 
 
