@@ -306,24 +306,34 @@ def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float | No
     """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``.
 
     On CPU and CUDA it is torch's fused implementation (one kernel over all the tensors, not one
-    per tensor; with fused peers that is one kernel for every peer). On CUDA the learning rate is
-    a device tensor (the engine sets it in place, :func:`kdcli.engine.set_lr`) and Adam is
-    capturable, so the whole training step can be captured as one CUDA graph.
+    per tensor; with fused peers that is one kernel for every peer) and its learning rate is a
+    tensor on the parameters' device, set in place by the engine (:func:`kdcli.engine.set_lr`), so
+    a captured step reads the current rate; on CUDA Adam is also capturable. Together: the whole
+    training step can be one CUDA graph.
     """
     lr = cfg.lr if lr is None else lr
-    device = params[0].device if params else torch.device("cpu")
-    options: dict[str, Any] = {"fused": True} if device.type in ("cpu", "cuda") else {}
-    rate: float | torch.Tensor = lr
-    if device.type == "cuda":
-        rate = torch.tensor(float(lr), dtype=torch.float32, device=device)
     if cfg.optimizer == "adam":
-        if device.type == "cuda":
-            options["capturable"] = True
-        return torch.optim.Adam(params, lr=rate, weight_decay=cfg.weight_decay, **options)
+        return adam(params, lr, cfg.weight_decay)
     return torch.optim.SGD(
-        params, lr=rate, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay, **options,
+        params, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay, **_fused_options(params, lr),
     )
+
+
+def adam(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over ``params`` (a generator's, or the run's), fused and graph-capturable as :func:`build_optimizer` says."""
+    options = _fused_options(params, lr)
+    if options.get("fused") and options["lr"].device.type == "cuda":
+        options["capturable"] = True
+    return torch.optim.Adam(params, weight_decay=weight_decay, **options)
+
+
+def _fused_options(params: list[nn.Parameter], lr: float) -> dict[str, Any]:
+    """``lr`` (a tensor on the parameters' device) and ``fused=True`` where torch has fused optimizers (CPU, CUDA)."""
+    device = params[0].device if params else torch.device("cpu")
+    if device.type not in ("cpu", "cuda"):
+        return {"lr": lr}
+    return {"lr": torch.tensor(float(lr), dtype=torch.float32, device=device), "fused": True}
 
 
 def make_params(cls: type, values: dict[str, Any], method: str) -> Any:

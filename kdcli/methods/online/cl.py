@@ -85,3 +85,5 @@ class CL(SharedTrunkMethod):
         acc = torch.stack([accuracy(z, labels) for z in logits.detach()]).mean()
         return {"loss": loss, "hard": hard.detach().mean(), "soft": soft.detach().mean(), "acc": acc}
 
+    def graphable_step(self) -> bool:
+        return True
