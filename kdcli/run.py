@@ -31,13 +31,23 @@ from kdcli.data import get_dataset
 from kdcli.data import synthetic as synthetic_sets
 from kdcli.data.base import Dataset, DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader, split_train_val
-from kdcli.device import Timer, device_name, resolve_precision, seed_everything, select_device, setup_device
+from kdcli.device import (
+    ThreadChoice,
+    Timer,
+    apply_threads,
+    choose_threads,
+    device_name,
+    resolve_precision,
+    seed_everything,
+    select_device,
+    setup_device,
+)
 from kdcli.distributed import World
 from kdcli.engine import FitResult, RunWriter, fit, predict
 from kdcli.errors import Interrupted, KDError
 from kdcli.methods import METHODS, Method, MethodContext
 from kdcli.methods.base import accuracy, agreement
-from kdcli.models import MODELS
+from kdcli.models import MODELS, multiply_accumulates
 from kdcli.pictures import plot_curves
 from kdcli.presets import method_class, methods_of
 
@@ -106,7 +116,7 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
     device = select_device(config.train.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    setup_device(device)
+    setup_device(device, config.train.threads)
 
     teacher = teacher_meta = None
     if method_cls.needs_teacher:
@@ -233,11 +243,13 @@ def _train_built(
 
     run_dir = Path(resume) if resume else _choose_run_dir(config, overwrite, world)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    exports = method.export_models()
     roles = {
         role: {"file": f"{role}.safetensors", "arch": m.spec.arch, "spec": m.spec.to_dict(),
                "params": sum(p.numel() for p in m.parameters())}
-        for role, m in method.export_models().items()
+        for role, m in exports.items()
     }
+    threads = _choose_threads(built, [*exports.values(), *([built.teacher] if built.teacher is not None else [])])
 
     def describe() -> dict[str, Any]:
         return {
@@ -254,6 +266,7 @@ def _train_built(
             "device_name": device_name(built.device),
             "world_size": world.world_size,
             "fused": method.fusion(),
+            **({"threads": threads.to_dict()} if threads is not None else {}),
             **({"distributed": {"backend": distributed.backend_for(config.train.device), "sync_bn": sync_bn}}
                if world.distributed else {}),
             "versions": versions(),
@@ -284,6 +297,18 @@ def _train_built(
         final.update(_record_after_training(run_dir, final["primary"], method.export_models()[final["primary"]],
                                             built))
     return final
+
+
+def _choose_threads(built: Built, models: list[nn.Module]) -> ThreadChoice | None:
+    """On a CPU: the run's threads, from the multiply-accumulates of one training step (forward and backward
+    of what the run trains, forward of its teacher; :func:`kdcli.device.choose_threads`)."""
+    if built.device.type != "cpu":
+        return None
+    info, batch = built.info, built.config.train.batch_size
+    per_image = sum(multiply_accumulates(m, info.channels, info.image_size) for m in models)
+    choice = choose_threads(built.config.train.threads, 3 * per_image * batch / 1e6)
+    apply_threads(choice)
+    return choice
 
 
 def _choose_run_dir(config: RunConfig, overwrite: bool, world: World) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from kdcli.errors import KDError
@@ -21,6 +22,7 @@ __all__ = [
     "ModelSpec",
     "StagedNet",
     "count_parameters",
+    "multiply_accumulates",
     "create_model",
     "model_from_spec",
 ]
@@ -95,6 +97,34 @@ def model_from_spec(spec: ModelSpec | Mapping[str, Any]) -> StagedNet:
     except KeyError as missing:
         raise KDError(f"model spec is missing {missing.args[0]!r}; the checkpoint metadata is incomplete.") from None
     return create_model(arch, in_channels, image_size, num_classes, **dict(spec.get("kwargs") or {}))
+
+
+@torch.no_grad()
+def multiply_accumulates(model: nn.Module, in_channels: int, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on one image (its convolutions and linear layers).
+
+    Counted on a probe image in eval mode, off the global RNG; the model's mode is restored.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output[0].numel() * (module.in_channels // module.groups) * module.weight[0, 0].numel()
+        elif isinstance(module, nn.Linear):
+            total += output[0].numel() * module.in_features
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
