@@ -141,14 +141,33 @@ def usable_cpus(environ: Mapping[str, str] | None = None) -> float:
     return cpus / max(1, int(local_ranks) if local_ranks.isdigit() else 1)
 
 
+def busy_cpus(samples: int = 5, interval_s: float = 0.01, loadavg: str | Path = "/proc/loadavg") -> int | None:
+    """Threads of other processes runnable right now: the fewest of a few samples of the kernel's count
+    (``/proc/loadavg``, field 4) less this one. None where the count is not available."""
+    counts = []
+    for index in range(samples):
+        try:
+            running = Path(loadavg).read_text().split()[3].split("/")[0]
+            counts.append(int(running))
+        except (OSError, IndexError, ValueError):
+            return None
+        if index + 1 < samples:
+            time.sleep(interval_s)
+    return max(0, min(counts) - 1)
+
+
 def choose_threads(requested: int = 0, work_mmac: float | None = None, cpus: float | None = None,
-                   environ: Mapping[str, str] | None = None) -> ThreadChoice:
+                   busy: int | None = None, environ: Mapping[str, str] | None = None) -> ThreadChoice:
     """CPU threads for a run: ``--threads`` (``requested`` > 0), else ``OMP_NUM_THREADS``, else from the work.
 
-    Automatic: one thread per :data:`WORK_PER_THREAD_MMAC` of work per step, at least one and at most
-    the usable CPUs (:func:`usable_cpus`). Small steps (LeNet on MNIST, anything on 8×8 digits) get one
-    thread: they run as fast or faster than with two, and a second thread is what collapses when
-    another job holds a core (an OpenMP barrier then waits for a descheduled thread).
+    Automatic: one thread per :data:`WORK_PER_THREAD_MMAC` of work per step, at least one, at most the
+    usable CPUs (:func:`usable_cpus`) less those ``busy`` with other jobs' runnable threads. Small steps
+    (LeNet-5 on MNIST, anything on 8×8 digits) get one thread: they run as fast as or faster than with
+    two. A thread more than there are free cores is what collapses a run: every OpenMP barrier then
+    waits for a descheduled thread, and steps take 10-100× longer (docs/benchmarks.md, "CPU threads").
+    Where the other jobs' load decided the count, the numbers of a BatchNorm network can differ from a
+    run on an idle machine (float sums split differently); ``--threads`` pins the count, and a resumed
+    run keeps its own.
     """
     environ = os.environ if environ is None else environ
     cpus = usable_cpus(environ) if cpus is None else cpus
@@ -160,10 +179,13 @@ def choose_threads(requested: int = 0, work_mmac: float | None = None, cpus: flo
         return ThreadChoice(int(omp), "OMP_NUM_THREADS", cpus, work_mmac, f"OMP_NUM_THREADS={omp}")
     if work_mmac is None:
         return ThreadChoice(whole, "auto", cpus, None, f"{whole} usable CPU{'s' * (whole > 1)}")
-    threads = max(1, min(whole, int(work_mmac // WORK_PER_THREAD_MMAC)))
+    wanted = max(1, min(whole, int(work_mmac // WORK_PER_THREAD_MMAC)))
     reason = (f"{work_mmac:,.0f} M multiply-accumulates per step: one thread per {WORK_PER_THREAD_MMAC:,.0f} M, "
               f"at most the {cpus:g} usable CPUs")
-    return ThreadChoice(threads, "auto", cpus, work_mmac, reason)
+    free = whole if busy is None else max(1, int(cpus - busy + 1e-9))
+    if free < wanted:
+        reason += f"; {busy} other runnable thread{'s' * (busy != 1)} left {free} free"
+    return ThreadChoice(min(wanted, free), "auto", cpus, work_mmac, reason)
 
 
 def apply_threads(choice: ThreadChoice) -> None:

@@ -35,6 +35,7 @@ from kdcli.device import (
     ThreadChoice,
     Timer,
     apply_threads,
+    busy_cpus,
     choose_threads,
     device_name,
     resolve_precision,
@@ -214,6 +215,10 @@ def train(
         if not state_path.is_file():
             raise KDError(f"run {resume} has no resumable state ({checkpoint.STATE_FILE} missing)")
         config = RunConfig.from_dict(info_json["config"])
+        if config.train.threads == 0 and info_json.get("threads", {}).get("source") == "auto":
+            # the count was chosen from the work and the machine's load then: keep it, so the resumed run
+            # sums in the same order and ends bit-exactly where an uninterrupted one would
+            config.train.threads = int(info_json["threads"]["threads"])
         param_values = info_json.get("params", {})
         resume_state = checkpoint.load_state(state_path)
     if config is None:
@@ -306,7 +311,8 @@ def _choose_threads(built: Built, models: list[nn.Module]) -> ThreadChoice | Non
         return None
     info, batch = built.info, built.config.train.batch_size
     per_image = sum(multiply_accumulates(m, info.channels, info.image_size) for m in models)
-    choice = choose_threads(built.config.train.threads, 3 * per_image * batch / 1e6)
+    choice = choose_threads(built.config.train.threads, 3 * per_image * batch / 1e6,
+                            busy=busy_cpus() if built.config.train.threads == 0 else None)
     apply_threads(choice)
     return choice
 

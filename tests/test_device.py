@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcli.device import WORK_PER_THREAD_MMAC, cgroup_cpu_limit, choose_threads
+from kdcli.device import WORK_PER_THREAD_MMAC, busy_cpus, cgroup_cpu_limit, choose_threads
 from kdcli.run import train
 from tests.conftest import digits_config
 
@@ -47,6 +47,19 @@ def test_threads_follow_the_flag_then_omp_num_threads_then_the_work():
     assert big.threads == 2  # never more than the usable CPUs
     assert choose_threads(0, 10 * WORK_PER_THREAD_MMAC, cpus=0.5, environ={}).threads == 1  # a half-CPU quota
     assert choose_threads(0, 3 * WORK_PER_THREAD_MMAC, cpus=16, environ={}).threads == 3
+
+
+def test_threads_leave_the_cores_other_jobs_hold(tmp_path):
+    work = 10 * WORK_PER_THREAD_MMAC
+    assert choose_threads(0, work, cpus=2, busy=0, environ={}).threads == 2
+    shared = choose_threads(0, work, cpus=2, busy=1, environ={})  # one other job: one thread, not a collapse
+    assert shared.threads == 1 and "1 other runnable thread left 1 free" in shared.reason
+    assert choose_threads(0, work, cpus=2, busy=7, environ={}).threads == 1
+    assert choose_threads(2, work, cpus=2, busy=7, environ={}).threads == 2  # --threads is obeyed
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("3.10 2.00 1.50 3/412 12345\n")  # 3 runnable, this process among them
+    assert busy_cpus(samples=2, interval_s=0.0, loadavg=loadavg) == 2
+    assert busy_cpus(loadavg=tmp_path / "missing") is None
 
 
 def test_the_choice_is_recorded_in_run_json(tmp_path):
