@@ -109,15 +109,38 @@ def test_a_failed_capture_falls_back_to_eager_steps_or_is_an_error_when_required
 
 
 def test_tensor_learning_rates_are_set_in_place():
+    """On CUDA the optimizers hold their rate as a tensor (a captured step reads it): set it in place."""
     from kdcli.engine import current_lr, set_lr
-    from kdcli.methods.base import build_optimizer
 
     param = torch.nn.Parameter(torch.ones(3))
-    opt = build_optimizer(OptimConfig(lr=0.2), [param])
+    opt = torch.optim.SGD([param], lr=torch.tensor(0.2), momentum=0.9, fused=True)
     rate = opt.param_groups[0]["lr"]
-    assert isinstance(rate, torch.Tensor)  # a captured optimizer step reads it
     set_lr([opt], 0.5)
     assert opt.param_groups[0]["lr"] is rate and current_lr(opt) == pytest.approx(0.1)
     assert opt.param_groups[0]["initial_lr"] == pytest.approx(0.2)
+    param.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(param, torch.full((3,), 0.9))  # the step used the rate set in place
     set_lr([opt], 1.0)
     assert current_lr(opt) == pytest.approx(0.2)
+
+
+def test_cpu_optimizers_are_the_multi_tensor_ones_with_the_loops_numbers():
+    from kdcli.methods.base import build_optimizer
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6, 5)) for _ in range(2)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for cfg in (OptimConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                OptimConfig(optimizer="adam", lr=0.01, weight_decay=1e-4)):
+        ours = build_optimizer(cfg, params)
+        assert ours.defaults["foreach"] is True
+        loop = torch.optim.SGD(copies, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=False) \
+            if cfg.optimizer == "sgd" else torch.optim.Adam(copies, lr=0.01, weight_decay=1e-4, foreach=False)
+        for _ in range(5):
+            for p, q in zip(params, copies):
+                p.grad = torch.sin(p.detach()) + 0.1
+                q.grad = torch.sin(q.detach()) + 0.1
+            ours.step()
+            loop.step()
+        assert all(torch.equal(p, q) for p, q in zip(params, copies))

@@ -303,37 +303,40 @@ class Method(nn.Module):
 
 
 def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
-    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``.
+    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``, one step for all tensors.
 
-    On CPU and CUDA it is torch's fused implementation (one kernel over all the tensors, not one
-    per tensor; with fused peers that is one kernel for every peer) and its learning rate is a
-    tensor on the parameters' device, set in place by the engine (:func:`kdcli.engine.set_lr`), so
-    a captured step reads the current rate; on CUDA Adam is also capturable. Together: the whole
-    training step can be one CUDA graph.
+    On CUDA it is torch's fused implementation (one kernel for all the tensors; with fused peers,
+    for every peer) with its learning rate a device tensor, set in place by the engine
+    (:func:`kdcli.engine.set_lr`) so a captured step reads the current rate, and Adam capturable:
+    the whole training step can be one CUDA graph. On the CPU it is the multi-tensor (``foreach``)
+    implementation: bit-for-bit the numbers of the per-tensor loop, and unlike the CPU fused kernel
+    independent of the thread count.
     """
     lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
         return adam(params, lr, cfg.weight_decay)
     return torch.optim.SGD(
         params, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay, **_fused_options(params, lr),
+        weight_decay=cfg.weight_decay, **_step_options(params, lr),
     )
 
 
 def adam(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam over ``params`` (a generator's, or the run's), fused and graph-capturable as :func:`build_optimizer` says."""
-    options = _fused_options(params, lr)
-    if options.get("fused") and options["lr"].device.type == "cuda":
+    """Adam over ``params`` (a generator's, or the run's), implemented as :func:`build_optimizer` says."""
+    options = _step_options(params, lr)
+    if options.get("fused"):
         options["capturable"] = True
     return torch.optim.Adam(params, weight_decay=weight_decay, **options)
 
 
-def _fused_options(params: list[nn.Parameter], lr: float) -> dict[str, Any]:
-    """``lr`` (a tensor on the parameters' device) and ``fused=True`` where torch has fused optimizers (CPU, CUDA)."""
+def _step_options(params: list[nn.Parameter], lr: float) -> dict[str, Any]:
+    """CUDA: fused, ``lr`` a tensor on the parameters' device. CPU: foreach. Elsewhere: torch's default."""
     device = params[0].device if params else torch.device("cpu")
-    if device.type not in ("cpu", "cuda"):
-        return {"lr": lr}
-    return {"lr": torch.tensor(float(lr), dtype=torch.float32, device=device), "fused": True}
+    if device.type == "cuda":
+        return {"lr": torch.tensor(float(lr), dtype=torch.float32, device=device), "fused": True}
+    if device.type == "cpu":
+        return {"lr": lr, "foreach": True}
+    return {"lr": lr}
 
 
 def make_params(cls: type, values: dict[str, Any], method: str) -> Any:
