@@ -192,6 +192,15 @@ def apply_threads(choice: ThreadChoice) -> None:
     torch.set_num_threads(choice.threads)
 
 
+def channels_last(device: torch.device) -> bool:
+    """Whether images and convolution weights are kept channels-last (NHWC) on ``device``.
+
+    CUDA: cuDNN's fast kernels are NHWC. CPU too: oneDNN's convolutions and ATen's max-pooling run
+    faster on NHWC, a LeNet-5 MNIST step by about a third (docs/benchmarks.md, "single-model CPU step").
+    """
+    return device.type in ("cuda", "cpu")
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. ``auto`` = bf16 on CUDA, fp32 elsewhere."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):

@@ -24,7 +24,7 @@ from kdcli import checkpoint, distributed, progress
 from kdcli.config import OptimConfig, RunConfig, TrainConfig
 from kdcli.data.base import DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader, Slot
-from kdcli.device import autocast, resolve_precision, rng_state, set_rng_state
+from kdcli.device import autocast, channels_last, resolve_precision, rng_state, set_rng_state
 from kdcli.errors import Interrupted, KDError
 from kdcli.methods.base import Method
 
@@ -89,7 +89,7 @@ def predict(
     model.eval()
     loader = DeviceLoader(
         data, batch_size, mean=info.mean, std=info.std, device=device, shuffle=False, drop_last=False,
-        channels_last=device.type == "cuda",
+        channels_last=channels_last(device),
     )
     outputs = []
     with autocast(device, dtype):
@@ -346,7 +346,7 @@ def fit(
     cfg = config.train
     dtype = resolve_precision(cfg.precision, device)
     method.to(device)
-    if device.type == "cuda":
+    if channels_last(device):
         method.to(memory_format=torch.channels_last)
     steps = len(train_loader) if train_loader is not None else (method.steps_per_epoch() or 0)
     if steps <= 0:

@@ -40,7 +40,7 @@ from kdcli import progress  # noqa: E402
 from kdcli.config import RunConfig  # noqa: E402
 from kdcli.data.base import DatasetInfo, ImageSet  # noqa: E402
 from kdcli.data.loader import DeviceLoader  # noqa: E402
-from kdcli.device import select_device, setup_device, usable_cpus  # noqa: E402
+from kdcli.device import channels_last, select_device, setup_device, usable_cpus  # noqa: E402
 from kdcli.engine import RunWriter, fit  # noqa: E402
 from kdcli.methods import MethodContext  # noqa: E402
 from kdcli.methods.base import NoParams  # noqa: E402
@@ -83,6 +83,11 @@ def make_data(case: Case, n: int, seed: int = 0) -> ImageSet:
     return ImageSet(images, labels)
 
 
+#: what a step's time is read from: wall time, or (``--clock process``, CPU only) this process's CPU time, which
+#: other jobs on a shared machine barely move: with one thread it is what the step takes on an idle machine
+CLOCK: dict[str, Callable[[], float]] = {"clock": time.perf_counter}
+
+
 def _timed_fit(method_for: Callable[[MethodContext], object], config: RunConfig, case: Case, device: torch.device,
                batch: int, steps: int, warmup: int) -> dict:
     """ms/step of ``steps`` engine steps after ``warmup`` (timestamps taken inside the loop, after_step)."""
@@ -91,7 +96,7 @@ def _timed_fit(method_for: Callable[[MethodContext], object], config: RunConfig,
     config.train.epochs, config.train.batch_size = 1, batch
     config.optim.lr = 0.05
     loader = DeviceLoader(data, batch, mean=case.mean, std=case.std, device=device, shuffle=True, drop_last=True,
-                          augment=case.augment, seed=0, channels_last=device.type == "cuda")
+                          augment=case.augment, seed=0, channels_last=channels_last(device))
     torch.manual_seed(0)
     method = method_for(MethodContext(config, info, device, len(loader)))
     stamps: dict[int, float] = {}
@@ -100,7 +105,7 @@ def _timed_fit(method_for: Callable[[MethodContext], object], config: RunConfig,
         if step + 1 in (warmup, warmup + steps):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            stamps[step + 1] = time.perf_counter()
+            stamps[step + 1] = CLOCK["clock"]()
 
     fit(method, config, loader, None, make_data(case, 256, 1), info, device, RunWriter(None), after_step=hook)
     seconds = stamps[warmup + steps] - stamps[warmup]
@@ -223,12 +228,12 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = CLOCK["clock"]()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / steps
+    return 1000 * (CLOCK["clock"]() - start) / steps
 
 
 def medians(measure: dict[str, Callable[[], dict]], repeats: int) -> dict[str, dict]:
@@ -265,20 +270,28 @@ def main() -> None:
     parser.add_argument("--thread-counts", default="", help="comma list of CPU thread counts: the engine step of "
                         "each case at each count")
     parser.add_argument("--online-only", action="store_true", help="skip the reference and engine rows")
+    parser.add_argument("--clock", default="wall", choices=("wall", "process"),
+                        help="process: time steps by this process's CPU time (CPU, one thread: what an idle machine "
+                        "would show when other jobs share this one)")
     args = parser.parse_args()
     device = select_device(args.device)
     setup_device(device, args.threads)
+    if args.clock == "process":
+        if device.type != "cpu" or torch.get_num_threads() != 1:
+            parser.error("--clock process needs --device cpu --threads 1")
+        CLOCK["clock"] = time.process_time
     cpus = f"{os.cpu_count()} cores, {usable_cpus():g} usable"
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {cpus}"
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"device: {machine}; torch {torch.__version__}; {torch.get_num_threads()} threads; steps {args.steps} "
+    print(f"device: {machine}; torch {torch.__version__}; {torch.get_num_threads()} threads; {args.clock} clock; "
+          f"steps {args.steps} "
           f"after {args.warmup} warm-up; median of {args.repeats}; {when}; load average {os.getloadavg()[0]:.1f}")
     print("command: python scripts/bench.py " + " ".join(sys.argv[1:]))
     cases = [CASES[name] for name in args.cases.split(",")]
     batches = [int(b) for b in args.engine_batches.split(",")]
     report: dict = {"device": machine, "torch": torch.__version__, "date": when, "argv": sys.argv[1:],
-                    "threads": torch.get_num_threads()}
+                    "threads": torch.get_num_threads(), "clock": args.clock, "load": os.getloadavg()[0]}
 
     rows = []
     for case in cases if not args.online_only else []:
