@@ -201,6 +201,19 @@ def channels_last(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
+#: How many models one fused network holds on the CPU (:mod:`kdcli.models.fused`). Measured with
+#: ``scripts/bench.py --online`` (docs/benchmarks.md): fusing two LeNet-5 peers made their step ~25 % faster,
+#: fusing four ~25 % slower than four separate models: the fused activations (4 × 1.8 MB for LeNet-5's
+#: first layer at batch 128) leave the per-core cache, and the elementwise layers become memory-bound.
+#: On CUDA one network holds every model: a small network there is bound by kernel launches, not memory.
+CPU_FUSE_GROUP = 2
+
+
+def fuse_group(device: torch.device) -> int | None:
+    """The most models one fused network holds on ``device`` (None: all of them)."""
+    return None if device.type == "cuda" else CPU_FUSE_GROUP
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. ``auto`` = bf16 on CUDA, fp32 elsewhere."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):

@@ -125,17 +125,19 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
 
 
 class FusedModels(nn.Module):
-    """K models of one architecture as one network (see the module docstring).
+    """K models of one architecture as one network, or as a few (see the module docstring).
 
     ``forward(x)`` runs every model on the same input ``x [B, ...]``; ``forward(xs, per_model=True)``
     runs model k on ``xs[k]`` (``xs [K, B, ...]``). Either returns ``[K, B, ...]``: model k's output
-    at index k. Build with :func:`fuse_models`.
+    at index k. The models are fused in consecutive groups (``sizes``, one fused network each; one
+    group unless :func:`fuse_models` is given ``group``). Build with :func:`fuse_models`.
     """
 
-    def __init__(self, net: nn.Module, template: nn.Module, count: int) -> None:
+    def __init__(self, nets: list[nn.Module], sizes: list[int], template: nn.Module) -> None:
         super().__init__()
-        self.net = net
-        self.count = count
+        self.nets = nn.ModuleList(nets)
+        self.sizes = list(sizes)
+        self.count = sum(sizes)
         # A structural copy of one model, kept outside the module tree (no state-dict keys, not moved
         # by .to()): the skeleton member() fills with model k's slices.
         self._template = [template]
@@ -146,30 +148,37 @@ class FusedModels(nn.Module):
         return self.count
 
     def forward(self, x: torch.Tensor, per_model: bool = False) -> torch.Tensor:
-        k = self.count
-        if per_model:
-            if x.shape[0] != k:
-                raise ValueError(f"per-model input must have {k} entries in dim 0, got {tuple(x.shape)}")
-            h = x.transpose(0, 1).flatten(1, 2)
-        else:
-            h = x.repeat(1, k, *([1] * (x.dim() - 2)))
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            h = h.contiguous(memory_format=torch.channels_last)
-        out = self.net(h)
-        return out.unflatten(1, (k, -1)).transpose(0, 1)
+        if per_model and x.shape[0] != self.count:
+            raise ValueError(f"per-model input must have {self.count} entries in dim 0, got {tuple(x.shape)}")
+        outputs, start = [], 0
+        for net, size in zip(self.nets, self.sizes):
+            outputs.append(_run_group(net, x[start:start + size] if per_model else x, size, per_model))
+            start += size
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(group, index within the group) of model ``index``."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"model {index} of {self.count}")
+        for group, size in enumerate(self.sizes):
+            if index < size:
+                return group, index
+            index -= size
+        raise IndexError(index)  # unreachable: the sizes add up to count
 
     def member_state(self, index: int) -> dict[str, torch.Tensor]:
         """Model ``index``'s state dict: views into the fused tensors."""
-        return {name: _slice(t, index, self.count) for name, t in self.net.state_dict().items()}
+        group, local = self._locate(index)
+        size = self.sizes[group]
+        return {name: _slice(t, local, size) for name, t in self.nets[group].state_dict().items()}
 
     @torch.no_grad()
     def member(self, index: int) -> nn.Module:
         """Model ``index`` as a plain model of the architecture: a copy, on the fused network's device."""
-        if not 0 <= index < self.count:
-            raise IndexError(f"model {index} of {self.count}")
+        state = self.member_state(index)
         model = copy.deepcopy(self._template[0])
-        model.load_state_dict({name: t.detach().clone() for name, t in self.member_state(index).items()})
-        reference = next(iter(self.net.parameters()), None)
+        model.load_state_dict({name: t.detach().clone() for name, t in state.items()})
+        reference = next(iter(self.nets.parameters()), None)
         if reference is not None:
             model.to(reference.device)
         return model.train(self.training)
@@ -179,6 +188,17 @@ class FusedModels(nn.Module):
         return [self.member(i) for i in range(self.count)]
 
 
+def _run_group(net: nn.Module, x: torch.Tensor, k: int, per_model: bool) -> torch.Tensor:
+    """One fused network over its k models: input into the peer-major layout, output back to ``[k, B, ...]``."""
+    if per_model:
+        h = x.transpose(0, 1).flatten(1, 2)
+    else:
+        h = x.repeat(1, k, *([1] * (x.dim() - 2)))
+    if x.dim() >= 4 and x.is_contiguous(memory_format=torch.channels_last) and h.dim() == 4:
+        h = h.contiguous(memory_format=torch.channels_last)
+    return net(h).unflatten(1, (k, -1)).transpose(0, 1)
+
+
 def _slice(tensor: torch.Tensor, index: int, count: int) -> torch.Tensor:
     """Model ``index``'s part of a fused tensor; a shared scalar (BatchNorm's step count) is copied per model,
     so no two state-dict entries are one tensor (safetensors refuses that)."""
@@ -186,25 +206,31 @@ def _slice(tensor: torch.Tensor, index: int, count: int) -> torch.Tensor:
 
 
 def _split_state(module: FusedModels, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """state_dict post-hook: ``net.<name>`` (fused) → ``<k>.<name>`` per model, as views (so an in-place
+    """state_dict post-hook: ``nets.<g>.<name>`` (fused) → ``<k>.<name>`` per model, as views (so an in-place
     copy into a state-dict entry writes the fused tensor, like any module's state dict)."""
-    fused_prefix = prefix + "net."
-    names = [key for key in state if key.startswith(fused_prefix)]
-    fused = {key[len(fused_prefix):]: state.pop(key) for key in names}
-    for index in range(module.count):
-        for name, tensor in fused.items():
-            state[f"{prefix}{index}.{name}"] = _slice(tensor, index, module.count)
+    first = 0
+    for group, size in enumerate(module.sizes):
+        fused_prefix = f"{prefix}nets.{group}."
+        names = [key for key in state if key.startswith(fused_prefix)]
+        fused = {key[len(fused_prefix):]: state.pop(key) for key in names}
+        for local in range(size):
+            for name, tensor in fused.items():
+                state[f"{prefix}{first + local}.{name}"] = _slice(tensor, local, size)
+        first += size
 
 
 def _join_state(module: FusedModels, state: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
                 missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
-    """load_state_dict pre-hook: per-model keys ``<k>.<name>`` → the fused ``net.<name>`` (concatenated)."""
-    for name, target in module.net.state_dict().items():
-        keys = [f"{prefix}{index}.{name}" for index in range(module.count)]
-        if not all(key in state for key in keys):
-            continue  # left for load_state_dict to report as missing
-        parts = [state.pop(key) for key in keys]
-        state[f"{prefix}net.{name}"] = parts[0] if target.dim() == 0 else torch.cat(parts)
+    """load_state_dict pre-hook: per-model keys ``<k>.<name>`` → the fused ``nets.<g>.<name>`` (concatenated)."""
+    first = 0
+    for group, (net, size) in enumerate(zip(module.nets, module.sizes)):
+        for name, target in net.state_dict().items():
+            keys = [f"{prefix}{first + local}.{name}" for local in range(size)]
+            if not all(key in state for key in keys):
+                continue  # left for load_state_dict to report as missing
+            parts = [state.pop(key) for key in keys]
+            state[f"{prefix}nets.{group}.{name}"] = parts[0] if target.dim() == 0 else torch.cat(parts)
+        first += size
 
 
 def _fuse_tree(skeleton: nn.Module, models: list[nn.Module]) -> nn.Module:
@@ -217,9 +243,11 @@ def _fuse_tree(skeleton: nn.Module, models: list[nn.Module]) -> nn.Module:
 
 
 @torch.no_grad()
-def fuse_models(models: list[nn.Module], check: bool = True, probe: torch.Tensor | None = None) -> FusedModels:
+def fuse_models(models: list[nn.Module], check: bool = True, probe: torch.Tensor | None = None,
+                group: int | None = None) -> FusedModels:
     """The K ``models`` (one architecture) as one :class:`FusedModels`, holding copies of their tensors.
 
+    ``group``: fuse at most this many models into one network (consecutive groups; default all K).
     With ``check`` (the default) the fused network must reproduce each model's output on a probe
     input (``probe``, else 2 random images of the models' ``spec``; eval mode, off the global RNG):
     a forward that mixes channels across models is refused. Raises :class:`NotFusable`.
@@ -227,9 +255,11 @@ def fuse_models(models: list[nn.Module], check: bool = True, probe: torch.Tensor
     if len(models) < 1:
         raise NotFusable("nothing to fuse")
     _check_same_architecture(models)
+    step = len(models) if group is None else max(1, group)
+    chunks = [models[i:i + step] for i in range(0, len(models), step)]
     template = copy.deepcopy(models[0]).cpu()
-    net = _fuse_tree(copy.deepcopy(models[0]), models)
-    fused = FusedModels(net, template, len(models)).train(models[0].training)
+    nets = [_fuse_tree(copy.deepcopy(chunk[0]), chunk) for chunk in chunks]
+    fused = FusedModels(nets, [len(chunk) for chunk in chunks], template).train(models[0].training)
     if check:
         _check_outputs(fused, models, probe if probe is not None else _probe_input(models))
     return fused

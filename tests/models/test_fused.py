@@ -40,7 +40,7 @@ def test_fused_forward_backward_and_state_match_the_separate_models(arch, channe
     expected.square().sum().backward()
     got.square().sum().backward()
     for k, model in enumerate(models):
-        member_grads = {n: p.grad.chunk(len(models))[k] for n, p in fused.net.named_parameters()}
+        member_grads = {n: p.grad.chunk(len(models))[k] for n, p in fused.nets[0].named_parameters()}
         for name, p in model.named_parameters():
             scale = float(p.grad.abs().max()) + 1e-8  # float sums in another order: relative to the gradient's size
             torch.testing.assert_close(member_grads[name], p.grad, rtol=1e-3, atol=1e-4 * scale + 1e-6)
@@ -68,6 +68,23 @@ def test_members_are_plain_models_with_the_models_weights_and_the_state_dict_rou
         fused.member(3)
 
 
+def test_grouped_fusion_is_the_same_models_in_several_networks():
+    models = models_of("resnet20", 3, 8, count=3)
+    fused = fuse_models(models, group=2)
+    assert fused.sizes == [2, 1] and len(fused) == 3
+    x = torch.randn(4, 3, 8, 8)
+    torch.testing.assert_close(fused(x), torch.stack([m(x) for m in models]), rtol=1e-4, atol=1e-5)
+    data = torch.randn(3, 4, 3, 8, 8)
+    torch.testing.assert_close(fused(data, per_model=True), torch.stack([m(d) for m, d in zip(models, data)]),
+                               rtol=1e-4, atol=1e-5)
+    assert list(fused.state_dict()) == list(nn.ModuleList(models).state_dict())
+    whole = fuse_models(models_of("resnet20", 3, 8, count=3, seed=3))
+    whole.load_state_dict(fused.state_dict())  # grouped and whole fusions read each other's state
+    for k in range(3):
+        for a, b in zip(whole.member(k).state_dict().values(), fused.member(k).state_dict().values()):
+            assert torch.equal(a, b)
+
+
 def test_per_model_batchnorm_statistics_follow_each_models_own_data():
     """Model k fed x_k keeps x_k's statistics: the same as that model alone, different between models."""
     models = models_of("resnet20", 3, 8, count=2)
@@ -87,7 +104,7 @@ def test_per_model_batchnorm_statistics_follow_each_models_own_data():
 def test_grouped_linear_is_k_linear_layers():
     layers = [nn.Linear(5, 3) for _ in range(4)]
     fused = fuse_models([nn.Sequential(layer) for layer in layers])
-    assert isinstance(fused.net[0], GroupedLinear)
+    assert isinstance(fused.nets[0][0], GroupedLinear)
     x = torch.randn(7, 5)
     torch.testing.assert_close(fused(x), torch.stack([layer(x) for layer in layers]))
 

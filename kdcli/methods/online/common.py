@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
+from kdcli.device import fuse_group
 from kdcli.errors import KDError
 from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Method, MethodContext, Preset
 from kdcli.methods.losses import mean_probability_logits, rampup_weight
@@ -68,7 +69,7 @@ def fuse_if_asked(ctx: MethodContext, models: list[nn.Module], what: str, unfusa
         unfusable = "under torchrun the models are spread over ranks"
     if unfusable is None:
         try:
-            return fuse_models(models, probe=probe)
+            return fuse_models(models, probe=probe, group=fuse_group(ctx.device))
         except NotFusable as err:
             unfusable = str(err)
     if mode == "on":
@@ -89,8 +90,12 @@ def member_models(models: nn.ModuleList | FusedModels) -> list[nn.Module]:
 
 
 def describe_fusion(models: nn.ModuleList | FusedModels, arch: str) -> str | None:
-    """``"4 × resnet32"`` when ``models`` run fused, else None (for :meth:`~kdcli.methods.base.Method.fusion`)."""
-    return f"{len(models)} × {arch}" if isinstance(models, FusedModels) else None
+    """``"4 × resnet32"`` (``"4 × lenet5 in networks of 2, 2"`` when grouped) when ``models`` run fused, else
+    None (for :meth:`~kdcli.methods.base.Method.fusion`)."""
+    if not isinstance(models, FusedModels):
+        return None
+    grouped = f" in networks of {', '.join(map(str, models.sizes))}" if len(models.sizes) > 1 else ""
+    return f"{len(models)} × {arch}{grouped}"
 
 
 def resolve_split(ctx: MethodContext, method: str, split_at: str) -> str:
@@ -321,6 +326,6 @@ class SharedTrunkMethod(Method):
 
 def branch_fusion(net: BranchedNet) -> dict[str, str]:
     """``{"branches": "m × <base>'s stages k.."}`` when the branch bodies run fused."""
-    if not net.branch_stack.fused:
-        return {}
-    return {"branches": f"{net.num_branches} × {net.base} from stage{net.split + 1}"}
+    bodies = net.branch_stack.bodies
+    described = describe_fusion(bodies, f"{net.base}'s stages {net.split + 1}..") if net.branch_stack.fused else None
+    return {"branches": described} if described else {}
