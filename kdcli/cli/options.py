@@ -93,8 +93,8 @@ OPTIONS: dict[str, Opt] = {
     "cuda_graphs": _config(("--cuda-graphs",), "auto | on | off (CUDA only).", Optional[str], "cuda_graphs", DEVICE),
     "fuse": _config(("--fuse",), "auto | on | off: peers or branches of one architecture run as one network "
                     "(online methods).", Optional[str], "fuse", DEVICE),
-    "threads": _config(("--threads",), "CPU threads (default: chosen from the work per step and the free cores; "
-                       "OMP_NUM_THREADS also sets it).", Optional[int], "threads", DEVICE),
+    "threads": _config(("--threads",), "CPU threads; 0 = chosen from the work per step and the free cores "
+                       "(OMP_NUM_THREADS also sets it).", Optional[int], "threads", DEVICE),
     # the run
     "preset": Opt(("--preset",), "The method's preset: quick (sized for a CPU) | paper (the paper's protocol)."),
     "config": Opt(("--config",), "TOML file of defaults; flags win.", Optional[Path]),

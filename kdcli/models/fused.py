@@ -19,15 +19,20 @@ has exactly the keys of an ``nn.ModuleList`` of the K models (``0.conv.weight``,
 ...): checkpoints, exports and exchanges see the same tensors fused or not. Fusion starts from the
 K models built as the unfused path builds them, so the same seed gives the same K initial models.
 
-Why this design and not ``torch.func.stack_module_state`` + ``functional_call`` under ``vmap``
-(measured with ``scripts/bench.py --fuse-designs`` on a 2-core AMD EPYC, 2026-12-02; the table is
-in docs/benchmarks.md): vmap's convolution rule turns a batch of weights into the same grouped
-convolution, but every layer first moves the model dimension into the channels and back out
-(two copies per convolution, each way in the backward too), and BatchNorm in training mode under
-vmap needs ``replace_all_batch_norm_modules_`` (no running statistics) or per-call buffer
-plumbing. The persistent layout pays the reshapes once per network, keeps every layer an
-ordinary module (so CUDA graphs, channels_last and ``state_dict`` work unchanged) and was the
-faster of the two at every K measured (see the table).
+Why this design and not ``torch.func.stack_module_state`` + ``functional_call`` under ``vmap``:
+vmap's convolution rule turns a batch of weights into the same grouped convolution, but every layer
+first moves the model dimension into the channels and back out (copies each way, in the backward
+too), and BatchNorm in training mode under vmap needs its buffers batched by hand. The persistent
+layout pays the reshapes once per network, keeps every layer an ordinary module (so CUDA graphs,
+channels_last and ``state_dict`` work unchanged), and was the faster of the two at every K measured.
+``scripts/bench.py --fuse-designs 1,2,4,8`` (LeNet-5, batch 128, one thread of a 2-core AMD EPYC,
+CPU time per training step, median of 5; docs/benchmarks.md): K = 2: separate 15.1 ms, grouped
+10.4 ms, vmap 17.5 ms; K = 4: 30.9, 20.9, 33.9 ms; K = 8: 56.2, 46.6, 74.3 ms.
+
+On a CPU the fused activations of many models leave the per-core cache (LeNet-5's first layer is
+1.8 MB per model at batch 128) and the elementwise layers turn memory-bound, so there
+:func:`fuse_models` is given ``group`` (:data:`kdcli.device.CPU_FUSE_GROUP`) and K models run as
+networks of at most that many; on CUDA one network holds them all.
 
 A layer this module does not know how to fuse (a LayerNorm, an attention block, a custom
 parameterised module), or a model whose forward mixes channels across the layout (``torch.cat``
