@@ -229,11 +229,6 @@ class StepRunner:
         self.draws: torch.Tensor | None = None
         self.step = 0
 
-    @property
-    def graphed(self) -> bool:
-        """True once the step runs as a replayed graph."""
-        return self.replay is not None
-
     def run(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
         """The step itself, eager (what a graph captures)."""
         method = self.method

@@ -66,7 +66,8 @@ def fuse_if_asked(ctx: MethodContext, models: list[nn.Module], what: str, unfusa
     if mode == "off" or len(models) < 2:
         return nn.ModuleList(models)
     if unfusable is None and ctx.world.distributed:
-        unfusable = "under torchrun the models are spread over ranks"
+        # codistillation spreads its copies over the ranks; data-parallel fusion is untested, so kept apart
+        unfusable = "a torchrun job keeps its models separate"
     if unfusable is None:
         try:
             return fuse_models(models, probe=probe, group=fuse_group(ctx.device))
