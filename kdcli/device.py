@@ -48,9 +48,10 @@ def setup_device(device: torch.device, threads: int = 0) -> ThreadChoice | None:
 # ---------------------------------------------------------------------------------------------
 # CPU threads: how many, from the CPUs this process may use and the work of one training step
 
-#: Multiply-accumulates (millions) per training step below which a second thread does not pay: an
-#: OpenMP barrier per operator costs more than the half of the operator it saves. Measured with
-#: ``scripts/bench.py --threads`` (docs/benchmarks.md, "CPU threads"); each further thread needs as much.
+#: Multiply-accumulates (millions) per training step each thread must have. Below it a second thread
+#: gains little (0.8-1.4× on a 2-core machine for steps of 13-970 M: an OpenMP barrier per operator
+#: costs about what the split saves) and costs 10-100× when another job holds a core; ``scripts/bench.py
+#: --thread-counts 1,2`` (docs/benchmarks.md, "CPU threads").
 WORK_PER_THREAD_MMAC = 2000.0
 
 
