@@ -56,6 +56,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     cuda_graphs: str = "auto"  # auto | on | off
+    #: peers (or branch bodies) of one architecture as one network: auto (wherever possible) | on (required) | off
+    fuse: str = "auto"
+    #: CPU threads; 0 = chosen from the work per step and the cores this process may use (kdcli.device)
+    threads: int = 0
     eval_batch_size: int = 1024
     log_every: int = 20
 
@@ -173,6 +177,7 @@ RANGES: dict[str, Range] = {
     "batch_size": positive(),
     "seed": between(0, 2**63 - 1),
     "eval_batch_size": positive(),
+    "threads": at_least(0),
     "log_every": positive(),
 }
 #: The values of every choice field.
@@ -183,6 +188,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda", "mps"),  # and cuda:N
     "precision": ("auto", "fp32", "bf16"),
     "cuda_graphs": ("auto", "on", "off"),
+    "fuse": ("auto", "on", "off"),
 }
 
 

@@ -9,6 +9,7 @@ steps, so the GPU is never stalled by a host sync per step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -22,8 +23,8 @@ from torch import nn
 from kdcli import checkpoint, distributed, progress
 from kdcli.config import OptimConfig, RunConfig, TrainConfig
 from kdcli.data.base import DatasetInfo, ImageSet
-from kdcli.data.loader import DeviceLoader
-from kdcli.device import autocast, resolve_precision, rng_state, set_rng_state
+from kdcli.data.loader import DeviceLoader, Slot
+from kdcli.device import autocast, channels_last, resolve_precision, rng_state, set_rng_state
 from kdcli.errors import Aborted, Diverged, Interrupted, KDError
 from kdcli.methods.base import Method
 
@@ -46,11 +47,28 @@ def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int, epochs: int) ->
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
-    """Every param group's learning rate = its initial rate × ``factor``."""
+    """Every param group's learning rate = its initial rate × ``factor``.
+
+    A rate held as a tensor (CUDA, so a captured optimizer step reads the current value) is set in
+    place; one that a resumed state brought back on another device is first moved to its parameters'.
+    """
     for opt in optimizers:
         for group in opt.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"] * factor
+            rate = group["lr"]
+            group.setdefault("initial_lr", float(rate))
+            value = group["initial_lr"] * factor
+            if isinstance(rate, torch.Tensor):
+                device = group["params"][0].device if group["params"] else rate.device
+                if rate.device != device:
+                    group["lr"] = rate = rate.to(device)
+                rate.fill_(value)
+            else:
+                group["lr"] = value
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first param group's learning rate as a number (reading a tensor rate syncs its device)."""
+    return float(optimizer.param_groups[0]["lr"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +89,7 @@ def predict(
     model.eval()
     loader = DeviceLoader(
         data, batch_size, mean=info.mean, std=info.std, device=device, shuffle=False, drop_last=False,
-        channels_last=device.type == "cuda",
+        channels_last=channels_last(device),
     )
     outputs = []
     with autocast(device, dtype):
@@ -207,6 +225,128 @@ def _maybe_graph(method: Method, sample: torch.Tensor, cfg: TrainConfig, device:
         return False
 
 
+class StepRunner:
+    """Runs one training step (zero grads, ``training_step``, backward, optimizer steps) from a batch's slot.
+
+    Eager by default. With ``graph=True`` (CUDA, a method whose :meth:`~kdcli.methods.base.Method.graphable_step`
+    is True) the first ``WARMUP`` steps run eagerly on a side stream, the next is captured as one CUDA
+    graph, batch gather and augmentation included, and every later step copies its slot into the
+    graph's fixed index and draw tensors and replays it: one launch per step instead of thousands.
+    The returned parts are then the graph's output tensors, overwritten by the next replay. A capture
+    that fails falls back to eager steps (``--cuda-graphs auto``) or is an error (``on``).
+
+    ``capture`` builds the graph from a step function (default: :class:`torch.cuda.CUDAGraph` capture);
+    tests on a CPU pass one that replays by calling the function again, which runs the same
+    fixed-tensor path.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, method: Method, optimizers: list[torch.optim.Optimizer], loader: DeviceLoader | None,
+                 device: torch.device, dtype: torch.dtype | None, graph: bool = False, required: bool = False,
+                 capture: Callable[..., tuple[Callable[[], None], dict[str, torch.Tensor]]] | None = None) -> None:
+        self.method, self.optimizers, self.loader = method, optimizers, loader
+        self.device, self.dtype = device, dtype
+        self.graph, self.required = graph, required
+        self.capture = capture or _capture_cuda_graph
+        self.eager_steps = 0
+        self.replay: Callable[[], None] | None = None
+        self.parts: dict[str, torch.Tensor] = {}
+        self.index: torch.Tensor | None = None
+        self.draws: torch.Tensor | None = None
+        self.step = 0
+
+    def run(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        """The step itself, eager (what a graph captures)."""
+        method = self.method
+        if not method.manual_optimization:
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+        with autocast(self.device, self.dtype):
+            parts = method.training_step(batch, step)
+        if not method.manual_optimization:
+            parts["loss"].backward()
+            for opt in self.optimizers:
+                opt.step()
+        return parts
+
+    def __call__(self, slot: Slot | None, step: int) -> dict[str, torch.Tensor]:
+        if self.replay is not None:
+            if slot is not None:
+                self._fill(slot)
+            self.step = step
+            self.replay()
+            return self.parts
+        if not self.graph or (slot is not None and slot.index is None):
+            return self.run(self.loader.gather(slot) if slot is not None else None, step)
+        if self.eager_steps < self.WARMUP:
+            self.eager_steps += 1
+            with _side_stream(self.device):
+                return self.run(self.loader.gather(slot) if slot is not None else None, step)
+        return self._capture(slot, step)
+
+    def _fill(self, slot: Slot) -> None:
+        self.index.copy_(slot.index)
+        if self.draws is not None:
+            self.draws.copy_(slot.draws)
+
+    def _capture(self, slot: Slot | None, step: int) -> dict[str, torch.Tensor]:
+        fixed: Slot | None = None
+        if slot is not None:
+            self.index = slot.index.clone()
+            self.draws = slot.draws.clone() if slot.draws is not None else None
+            fixed = Slot(slot.lo, slot.hi, self.index, self.draws)
+        self.step = step
+
+        def whole_step() -> dict[str, torch.Tensor]:
+            return self.run(self.loader.gather(fixed) if fixed is not None else None, self.step)
+
+        try:
+            replay, parts = self.capture(whole_step)
+        except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if self.required:
+                raise KDError(f"CUDA graph capture of the training step failed: {message}") from None
+            progress.log(f"[yellow]whole-step CUDA graph unavailable ({message}); running eagerly")
+            self.graph = False
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return self.run(self.loader.gather(slot) if slot is not None else None, step)
+        self.replay, self.parts = replay, parts
+        replay()  # capturing records the step without running it
+        return self.parts
+
+
+def graph_whole_step(method: Method, cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the engine captures ``method``'s whole step as one CUDA graph (see :class:`StepRunner`).
+
+    Not under torchrun: the gradient all-reduce runs between backward and the optimizer step.
+    """
+    return (device.type == "cuda" and cfg.cuda_graphs != "off" and method.graphable_step()
+            and not method.ctx.world.distributed)
+
+
+@contextlib.contextmanager
+def _side_stream(device: torch.device) -> Iterator[None]:
+    """Run on a side stream (CUDA): what a graph capture needs the warm-up steps to have done."""
+    if device.type != "cuda":
+        yield
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        yield
+    torch.cuda.current_stream(device).wait_stream(stream)
+
+
+def _capture_cuda_graph(step: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict[str, torch.Tensor]]:
+    """Capture ``step`` as a CUDA graph: (replay, its output tensors)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        parts = step()
+    return graph.replay, parts
+
+
 def fit(
     method: Method,
     config: RunConfig,
@@ -228,7 +368,7 @@ def fit(
     cfg = config.train
     dtype = resolve_precision(cfg.precision, device)
     method.to(device)
-    if device.type == "cuda":
+    if channels_last(device):
         method.to(memory_format=torch.channels_last)
     steps = len(train_loader) if train_loader is not None else (method.steps_per_epoch() or 0)
     if steps <= 0:
@@ -245,7 +385,9 @@ def fit(
         for opt, opt_state, lrs in zip(optimizers, resume["optimizers"], initial_lrs):
             opt.load_state_dict(opt_state)
             for group, lr in zip(opt.param_groups, lrs):  # the config's rate, not the saved one (--resume --lr)
-                group["initial_lr"] = group["lr"] = lr
+                group["initial_lr"] = lr
+                if not isinstance(group["lr"], torch.Tensor):  # a tensor rate (CUDA) is set in place by set_lr
+                    group["lr"] = lr
         set_rng_state(resume["rng"], device)
         start_epoch, start_step = int(resume["epoch"]), int(resume["step"])
         history, elapsed = list(resume["history"]), float(resume["elapsed"])
@@ -278,7 +420,12 @@ def fit(
         )
         writer.run_json({"status": status, "epoch": epoch, "step": step})
 
-    if allow_graphs and train_loader is not None and method.graphable_models() and device.type == "cuda":
+    # CUDA graphs: the whole step when the method allows it, else each graphable model's forward+backward
+    whole_step = allow_graphs and graph_whole_step(method, cfg, device)
+    stepper = StepRunner(method, optimizers, train_loader, device, dtype, graph=whole_step,
+                         required=cfg.cuda_graphs == "on")
+    if not whole_step and allow_graphs and train_loader is not None and method.graphable_models() and \
+            device.type == "cuda":
         sample = next(iter(train_loader.epoch(start_epoch)))[0]
         saved_rng = rng_state(device)
         _maybe_graph(method, sample, cfg, device, dtype)
@@ -306,30 +453,22 @@ def fit(
             first = start_step if epoch == start_epoch else 0
             sums = partial if epoch == start_epoch and partial else {}
             tracker.update(epoch * steps + first, description=f"train epoch {epoch + 1}/{cfg.epochs}")
-            batches: Iterator[Any] = train_loader.epoch(epoch, first) if train_loader is not None else iter(
+            slots: Iterator[Slot | None] = train_loader.slots(epoch, first) if train_loader is not None else iter(
                 [None] * (steps - first)
             )
             t_epoch = time.perf_counter()
             step = first
-            for step, batch in enumerate(batches, start=first):
+            for step, slot in enumerate(slots, start=first):
                 global_step = epoch * steps + step
                 set_lr(scheduled, lr_factor(config.optim, global_step, steps, cfg.epochs))
-                if not method.manual_optimization:
-                    for opt in optimizers:
-                        opt.zero_grad(set_to_none=True)
-                with autocast(device, dtype):
-                    parts = method.training_step(batch, global_step)
-                if not method.manual_optimization:
-                    parts["loss"].backward()
-                    for opt in optimizers:
-                        opt.step()
+                parts = stepper(slot, global_step)
                 if after_step is not None:
                     after_step(method, global_step)
                 for name, value in parts.items():
                     value = value.detach().float()
                     sums[name] = sums[name] + value if name in sums else value.clone()
-                if batch is not None:
-                    images_seen += int(batch[1].shape[0])
+                if slot is not None:
+                    images_seen += slot.size
                 done = step + 1 - first
                 boundary = done % cfg.log_every == 0 or step + 1 == steps
                 # the divergence guard reads the sums only here (and at a stop): no host sync per step
@@ -340,7 +479,7 @@ def fit(
                     means = {k: v.item() / (step + 1) for k, v in sums.items()}
                     stats = " ".join(f"{k} {v:.3f}" for k, v in means.items() if k in ("loss", "acc"))
                     rate = done / max(1e-9, time.perf_counter() - t_epoch)
-                    speed = f"{rate * batch[1].shape[0]:.0f} img/s" if batch is not None else f"{rate:.1f} it/s"
+                    speed = f"{rate * slot.size:.0f} img/s" if slot is not None else f"{rate:.1f} it/s"
                     tracker.update(epoch * steps + step + 1, stats=f"{stats} {speed}")
                 else:
                     tracker.update(epoch * steps + step + 1)
@@ -370,7 +509,7 @@ def fit(
             epoch_time = time.perf_counter() - t_epoch
             row: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(epoch_time, 3)}
             row.update({f"train_{k}": v.item() / steps for k, v in sums.items()})
-            row["lr"] = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0
+            row["lr"] = current_lr(optimizers[0]) if optimizers else 0.0
             if val_set is not None:
                 val = evaluate_models(method.eval_models(), val_set, info, device, cfg.eval_batch_size, dtype)
                 row.update({f"val_top1/{role}": r["top1"] for role, r in val.items()})

@@ -38,13 +38,25 @@ from kdcli.data import get_dataset
 from kdcli.data import synthetic as synthetic_sets
 from kdcli.data.base import Dataset, DatasetInfo, ImageSet
 from kdcli.data.loader import DeviceLoader, split_train_val
-from kdcli.device import Timer, device_name, resolve_precision, seed_everything, select_device, setup_device
+from kdcli.device import (
+    ThreadChoice,
+    Timer,
+    apply_threads,
+    busy_cpus,
+    channels_last,
+    choose_threads,
+    device_name,
+    resolve_precision,
+    seed_everything,
+    select_device,
+    setup_device,
+)
 from kdcli.distributed import World
 from kdcli.engine import STOP_SIGNALS, FitResult, RunWriter, evaluate_models, fit, predict
 from kdcli.errors import Aborted, Diverged, Interrupted, KDError
 from kdcli.methods import METHODS, Method, MethodContext
 from kdcli.methods.base import accuracy, agreement, check_needs
-from kdcli.models import check_model_name, create_model, model_provides, probe_model
+from kdcli.models import check_model_name, create_model, model_provides, multiply_accumulates, probe_model
 from kdcli.pictures import plot_curves
 from kdcli.presets import method_class, methods_of, resolve_resume
 
@@ -113,7 +125,7 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
     device = select_device(config.train.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    setup_device(device)
+    setup_device(device, config.train.threads)
 
     teacher = teacher_meta = None
     if method_cls.needs_teacher:
@@ -201,7 +213,7 @@ def _train_loader(built: Built) -> DeviceLoader | None:
         drop_last=True,
         augment=augment_mode(config, built.info),
         seed=config.train.seed,
-        channels_last=built.device.type == "cuda",
+        channels_last=channels_last(built.device),
         rank=shard.index,
         world_size=shard.count,
         partitions=shard.partitions,
@@ -269,6 +281,10 @@ def train(
                           "replaces one")
         info_json = checkpoint.read_resumable(resume)
         config, param_values, changed = resolve_resume(resume, info_json, changes)
+        if config.train.threads == 0 and info_json.get("threads", {}).get("source") == "auto":
+            # the count was chosen from the work and the machine's load then: keep it, so the resumed run
+            # sums in the same order and ends bit-exactly where an uninterrupted one would
+            config.train.threads = int(info_json["threads"]["threads"])
     if config is None:
         raise KDError("nothing to train: give a config or --resume RUN")
     validate(config)
@@ -420,11 +436,13 @@ def _train_built(
     if resume_state is not None:
         resumes.append({"at": now, "epoch": int(resume_state["epoch"]), "step": int(resume_state["step"]),
                         **({"changed": changed} if changed else {})})
+    exports = method.export_models()
     roles = {
         role: {"file": f"{role}.safetensors", "arch": m.spec.arch, "spec": m.spec.to_dict(),
                "params": sum(p.numel() for p in m.parameters())}
-        for role, m in method.export_models().items()
+        for role, m in exports.items()
     }
+    threads = _choose_threads(built, [*exports.values(), *([built.teacher] if built.teacher is not None else [])])
 
     def describe() -> dict[str, Any]:
         return {
@@ -440,6 +458,8 @@ def _train_built(
             "device": str(built.device),
             "device_name": device_name(built.device),
             "world_size": world.world_size,
+            "fused": method.fusion(),
+            **({"threads": threads.to_dict()} if threads is not None else {}),
             **({"distributed": {"backend": distributed.backend_for(config.train.device), "sync_bn": sync_bn}}
                if world.distributed else {}),
             "versions": versions(),
@@ -492,6 +512,19 @@ def start_line(built: Built, steps: int | None, resume: str | None = None) -> st
             f"{train_cfg.epochs} epochs{f' × {steps} steps' if steps else ''}, batch {train_cfg.batch_size} · {rule}, "
             f"{schedule}, "
             f"{warmup} · {split}{adjusted}")
+
+
+def _choose_threads(built: Built, models: list[nn.Module]) -> ThreadChoice | None:
+    """On a CPU: the run's threads, from the multiply-accumulates of one training step (forward and backward
+    of what the run trains, forward of its teacher; :func:`kdcli.device.choose_threads`)."""
+    if built.device.type != "cpu":
+        return None
+    info, batch = built.info, built.config.train.batch_size
+    per_image = sum(multiply_accumulates(m, info.channels, info.image_size) for m in models)
+    choice = choose_threads(built.config.train.threads, 3 * per_image * batch / 1e6,
+                            busy=busy_cpus() if built.config.train.threads == 0 else None)
+    apply_threads(choice)
+    return choice
 
 
 def agreement_with_teacher(built: Built, models: dict[str, nn.Module]) -> tuple[float, dict[str, float]]:

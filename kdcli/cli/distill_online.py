@@ -21,8 +21,8 @@ Baseline = Annotated[Optional[str], typer.Option("--baseline", help="An `indepen
 
 
 @handle_errors
-@command("model", "models", "model_arg", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every", "burn_in",
-         "distill_weight", "shard", "param", *TRAINING_COMMAND)
+@command("model", "models", "model_arg", "peers", "update", "split_at", "ramp_epochs", "temperature", "exchange_every",
+         "burn_in", "distill_weight", "shard", "param", "fuse", *TRAINING_COMMAND)
 def distill_online(options: Options, method: Method = None, baseline: Baseline = None) -> None:
     """Train peers or branches together: DML, CL-ILR, ONE, OKDDip, codistillation, or independent.
 

@@ -102,6 +102,10 @@ OPTIONS: dict[str, Opt] = {
     "device": _config(("--device",), "auto | cpu | cuda | mps.", Optional[str], "device", DEVICE),
     "precision": _config(("--precision",), "auto (bf16 on CUDA) | fp32 | bf16.", Optional[str], "precision", DEVICE),
     "cuda_graphs": _config(("--cuda-graphs",), "auto | on | off (CUDA only).", Optional[str], "cuda_graphs", DEVICE),
+    "fuse": _config(("--fuse",), "auto | on | off: peers or branches of one architecture run as one network "
+                    "(online methods).", Optional[str], "fuse", DEVICE),
+    "threads": _config(("--threads",), "CPU threads; 0 = chosen from the work per step and the free cores "
+                       "(OMP_NUM_THREADS also sets it).", Optional[int], "threads", DEVICE),
     # the run
     "preset": Opt(("--preset",), "The method's preset: quick (sized for a CPU) | paper (the paper's protocol; "
                   "--epochs scales its milestones and ramp-up) | a named variant (`kd list methods NAME`)."),
@@ -156,7 +160,7 @@ OPTIONS: dict[str, Opt] = {
 DATA_OPTIONS = ("dataset", "data_dir", "val_fraction", "augment")
 SCHEDULE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "milestones", "gamma", "warmup_epochs",
             "weight_decay", "momentum", "nesterov", "seed")
-DEVICE_OPTIONS = ("device", "precision", "cuda_graphs")
+DEVICE_OPTIONS = ("device", "precision", "cuda_graphs", "threads")
 RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "json", "quiet", "allow_module")
 TRAINING_COMMAND = (*DATA_OPTIONS, *SCHEDULE, *DEVICE_OPTIONS, *RUN_OPTIONS)
 

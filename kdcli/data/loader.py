@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -66,6 +67,21 @@ def split_train_val(images: ImageSet, fraction: float, seed: int) -> tuple[Image
     if held.numel() == 0:
         raise KDError(f"validation fraction {fraction} holds out no sample of {len(images)}: use a larger fraction")
     return subset(images, kept), subset(images, held)
+
+
+@dataclass
+class Slot:
+    """Where one batch comes from: positions ``lo:hi`` of the epoch, the sample indices there (None: the
+    samples ``lo:hi`` in order) and the augmentation draws ``[B, 3]`` (None: no augmentation)."""
+
+    lo: int
+    hi: int
+    index: torch.Tensor | None
+    draws: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
 
 
 def _channel_tensor(values: Sequence[float] | float, channels: int, device: torch.device) -> torch.Tensor:
@@ -185,6 +201,15 @@ class DeviceLoader:
 
         Images are float32 ``[B, C, H, W]``, augmented then normalised; labels int64 ``[B]``.
         """
+        for slot in self.slots(epoch, start_step):
+            yield self.gather(slot)
+
+    def slots(self, epoch: int, start_step: int = 0) -> Iterator[Slot]:
+        """Where each batch of steps ``start_step..`` of epoch ``epoch`` comes from, without reading it.
+
+        :meth:`gather` turns a slot into the batch; a captured training step (a CUDA graph) gathers
+        from fixed tensors that each step's slot is copied into.
+        """
         steps = len(self)
         if not 0 <= start_step <= steps:
             raise ValueError(f"start_step {start_step} outside 0..{steps}")
@@ -196,15 +221,18 @@ class DeviceLoader:
             if self.world_size > 1:  # this process's slice of the global batch
                 size = hi - lo
                 lo, hi = lo + size * self.rank // self.world_size, lo + size * (self.rank + 1) // self.world_size
-            if order is None:
-                images, labels = self.images[lo:hi], self.labels[lo:hi]
-            else:
-                # index_select, not images[index]: on CPU advanced indexing is ~20x slower here.
-                index = order[lo:hi]
-                images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
-            if draws is not None:
-                images = self._augment(images, draws[lo:hi])
-            yield self._normalise(images), labels
+            yield Slot(lo, hi, None if order is None else order[lo:hi], None if draws is None else draws[lo:hi])
+
+    def gather(self, slot: Slot) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``slot``: images gathered, augmented and normalised, and their labels (all on the device)."""
+        if slot.index is None:
+            images, labels = self.images[slot.lo:slot.hi], self.labels[slot.lo:slot.hi]
+        else:
+            # index_select, not images[index]: on CPU advanced indexing is ~20x slower here.
+            images, labels = self.images.index_select(0, slot.index), self.labels.index_select(0, slot.index)
+        if slot.draws is not None:
+            images = self._augment(images, slot.draws)
+        return self._normalise(images), labels
 
     def _augment_draws(self, epoch: int, count: int) -> torch.Tensor:
         """Per position in the epoch: ``[mirror, row offset, column offset]`` as an int64 ``[count, 3]``."""

@@ -282,6 +282,19 @@ class Method(nn.Module):
         """Trained models called exactly once per step on the batch images (CUDA-graph candidates)."""
         return {}
 
+    def graphable_step(self) -> bool:
+        """True: :meth:`training_step` computes only from the batch and the tensors the method holds (no
+        Python value that changes between steps, no host sync, every logged part a device tensor), so on
+        CUDA the engine may capture the whole step (batch gather and augmentation, forward, loss,
+        backward, optimizer) as one CUDA graph and replay it. Default False: only
+        :meth:`graphable_models` are graphed."""
+        return False
+
+    def fusion(self) -> dict[str, str]:
+        """What runs fused under ``--fuse`` (models of one architecture as one network), for ``run.json``:
+        ``{group: description}`` such as ``{"peers": "4 × resnet32"}``. Default: nothing."""
+        return {}
+
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
         if self.teacher is not None:
@@ -344,13 +357,40 @@ class Method(nn.Module):
 
 
 def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
-    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``."""
+    """The run's optimiser (SGD with momentum/Nesterov, or Adam) over ``params``, one step for all tensors.
+
+    On CUDA it is torch's fused implementation (one kernel for all the tensors; with fused peers,
+    for every peer) with its learning rate a device tensor, set in place by the engine
+    (:func:`kdcli.engine.set_lr`) so a captured step reads the current rate, and Adam capturable:
+    the whole training step can be one CUDA graph. On the CPU it is the multi-tensor (``foreach``)
+    implementation: bit-for-bit the numbers of the per-tensor loop, and unlike the CPU fused kernel
+    independent of the thread count.
+    """
     lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        return adam(params, lr, cfg.weight_decay)
     return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+        params, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay, **_step_options(params, lr),
     )
+
+
+def adam(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over ``params`` (a generator's, or the run's), implemented as :func:`build_optimizer` says."""
+    options = _step_options(params, lr)
+    if options.get("fused"):
+        options["capturable"] = True
+    return torch.optim.Adam(params, weight_decay=weight_decay, **options)
+
+
+def _step_options(params: list[nn.Parameter], lr: float) -> dict[str, Any]:
+    """CUDA: fused, ``lr`` a tensor on the parameters' device. CPU: foreach. Elsewhere: torch's default."""
+    device = params[0].device if params else torch.device("cpu")
+    if device.type == "cuda":
+        return {"lr": torch.tensor(float(lr), dtype=torch.float32, device=device), "fused": True}
+    if device.type == "cpu":
+        return {"lr": lr, "foreach": True}
+    return {"lr": lr}
 
 
 def make_params(cls: type, values: dict[str, Any], method: str, ranges: dict[str, Range] | None = None) -> Any:

@@ -28,6 +28,7 @@ __all__ = [
     "check_model_name",
     "classifier_layer",
     "count_parameters",
+    "multiply_accumulates",
     "create_model",
     "model_from_spec",
     "model_provides",
@@ -158,6 +159,34 @@ def model_provides(model: nn.Module) -> set[str]:
     if classifier_layer(model) is not None:
         offers.add("classifier")
     return offers
+
+
+@torch.no_grad()
+def multiply_accumulates(model: nn.Module, in_channels: int, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on one image (its convolutions and linear layers).
+
+    Counted on a probe image in eval mode, off the global RNG; the model's mode is restored.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output[0].numel() * (module.in_channels // module.groups) * module.weight[0, 0].numel()
+        elif isinstance(module, nn.Linear):
+            total += output[0].numel() * module.in_features
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

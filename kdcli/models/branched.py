@@ -28,6 +28,7 @@ from torch import nn
 from kdcli.errors import KDError
 from kdcli.models import MODELS, StagedNet, create_model, external
 from kdcli.models.base import ModelSpec
+from kdcli.models.fused import FusedModels
 
 
 def pooled(h: torch.Tensor) -> torch.Tensor:
@@ -97,14 +98,34 @@ class BranchOutputs:
 
 
 class BranchStack(nn.Module):
-    """The per-branch part: m bodies (``stages[k:] + pool`` of the base, each its own copy) and an optional gate."""
+    """The per-branch part: m bodies (``stages[k:] + pool`` of the base, each its own copy) and an optional gate.
+
+    The bodies are a ``ModuleList``, or (after :meth:`use_fused`) one :class:`FusedModels` running all m
+    as one network; the state-dict keys are the same either way (``bodies.0.…``, ``bodies.1.…``).
+    """
 
     def __init__(self, bodies: list[nn.Module], gate: Gate | None) -> None:
         super().__init__()
-        self.bodies = nn.ModuleList(bodies)
+        self.bodies: nn.ModuleList | FusedModels = nn.ModuleList(bodies)
         self.gate = gate
 
+    @property
+    def fused(self) -> bool:
+        return isinstance(self.bodies, FusedModels)
+
+    def use_fused(self, bodies: FusedModels) -> None:
+        """Run the bodies as ``bodies`` (a :func:`~kdcli.models.fused.fuse_models` of these bodies)."""
+        if len(bodies) != len(self.bodies):
+            raise ValueError(f"{len(bodies)} fused bodies for {len(self.bodies)} branches")
+        self.bodies = bodies
+
+    def body(self, index: int) -> nn.Module:
+        """Branch ``index``'s body as a module of its own (a copy when the bodies run fused)."""
+        return self.bodies.member(index) if isinstance(self.bodies, FusedModels) else self.bodies[index]
+
     def embeddings(self, trunk_features: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.bodies, FusedModels):
+            return self.bodies(trunk_features)
         return torch.stack([body(trunk_features) for body in self.bodies])
 
     def weights(self, trunk_features: torch.Tensor) -> torch.Tensor:
@@ -172,9 +193,22 @@ class BranchedNet(StagedNet):
         gate = stack.gate(h) if stack.gate is not None else None
         return BranchOutputs(logits, e, gate)
 
+    @torch.no_grad()
+    def trunk_probe(self) -> torch.Tensor:
+        """The trunk's output on 2 random images (eval mode, off the global RNG): an input of the bodies' shape."""
+        spec = self.spec
+        was_training = self.training
+        self.eval()
+        with torch.random.fork_rng(devices=[]):
+            images = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size,
+                                 generator=torch.Generator().manual_seed(0))
+            features = self.trunk(images.to(self.classifier.weight.device))
+        self.train(was_training)
+        return features
+
     def branch_logits(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Logits of branch ``index`` alone (trunk + that branch): what the exported branch computes."""
-        e = self.branch_stack.bodies[index](self.trunk(x))
+        e = self.branch_stack.body(index)(self.trunk(x))
         w, b = self._split_classifier()
         return nn.functional.linear(e, w[index].to(e.dtype), b[index].to(e.dtype))
 
@@ -187,7 +221,7 @@ class BranchedNet(StagedNet):
         model.stem.load_state_dict(self.stem.state_dict())
         for j in range(self.split):
             model.stages[j].load_state_dict(self.stages[j].state_dict())
-        body = self.branch_stack.bodies[index]
+        body = self.branch_stack.body(index)
         for j in range(self.split, len(model.stages)):
             model.stages[j].load_state_dict(body[j - self.split].state_dict())
         model.pool.load_state_dict(body[-1].state_dict())

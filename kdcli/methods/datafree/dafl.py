@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from kdcli.config import Range, at_least, positive
-from kdcli.methods.base import Batch, MethodContext, Preset, agreement, build_optimizer, register_method
+from kdcli.methods.base import Batch, MethodContext, Preset, adam, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import dafl_generator_loss, kd_loss
 from kdcli.models.generator import create_generator
@@ -134,8 +134,13 @@ class DAFL(GeneratorDistill):
         )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        generator_opt = torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_generator)
+        generator_opt = adam(list(self.generator.parameters()), self.params.lr_generator)
         return [generator_opt, build_optimizer(self.ctx.config.optim, list(self.student.parameters()))]
+
+    def graphable_step(self) -> bool:
+        # noise, generator, teacher, student and both optimizer steps are device work with fixed
+        # hyperparameters: on CUDA the whole step is one graph
+        return True
 
     def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
         """Only the student's: the official code keeps the generator's learning rate fixed."""

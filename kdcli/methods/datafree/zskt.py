@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from kdcli.config import Range, at_least, positive
-from kdcli.methods.base import Batch, MethodContext, Preset, agreement, build_optimizer, register_method
+from kdcli.methods.base import Batch, MethodContext, Preset, adam, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import at_loss, zskt_divergence
 from kdcli.models.generator import create_generator
@@ -109,7 +109,7 @@ class ZSKT(GeneratorDistill):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=self.params.lr_generator),
+            adam(list(self.generator.parameters()), self.params.lr_generator),
             build_optimizer(self.ctx.config.optim, list(self.student.parameters())),
         ]
 

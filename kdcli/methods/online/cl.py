@@ -133,3 +133,5 @@ class CL(SharedTrunkMethod):
         return {"loss": loss, "hard": hard.detach().mean(), "soft": soft.detach().mean(), "w": torch.tensor(w),
                 "acc": acc}
 
+    def graphable_step(self) -> bool:
+        return True

@@ -30,6 +30,7 @@ from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
 from kdcli.methods.losses import kd_loss, mean_probability_logits
 from kdcli.methods.online.common import QUICK, PeerMethod, build_peers, check_count, paper_preset
+from kdcli.models.fused import FusedModels
 
 SHARDS = ("disjoint", "shared")
 
@@ -172,7 +173,10 @@ class Codistill(PeerMethod):
 
     # -- training ---------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One optimizer per copy (a rank steps only its own; the others hold the gathered state)."""
+        """One optimizer per copy (a rank steps only its own; the others hold the gathered state); one for
+        all of them when they run fused in one process."""
+        if isinstance(self.peers, FusedModels):
+            return [build_optimizer(self.ctx.config.optim, list(self.peers.parameters()))]
         optimizers = [build_optimizer(self.ctx.config.optim, list(peer.parameters())) for peer in self.peers]
         if self._group is not None:
             distributed.install_gradient_sync([optimizers[self.own[0]]], self._group)
@@ -189,6 +193,29 @@ class Codistill(PeerMethod):
         exchanged = step >= p.burn_in and (step - p.burn_in) % p.exchange_every == 0
         exchange_ms = self._exchange() if exchanged else 0.0
         active = step >= p.burn_in and p.distill_weight > 0
+        if isinstance(self.peers, FusedModels):
+            losses, ces, distills, accs = self._fused_terms(images, labels, active)
+        else:
+            losses, ces, distills, accs = self._terms(images, labels, active)
+        loss = torch.stack(losses).sum()
+        if self.ctx.world.distributed:
+            # The engine averages logged values over ranks; the sum over copies is n × the mean.
+            # Gradient: this copy's term alone, exactly as in one process.
+            loss = loss + (loss.detach() * (self.copies - 1))
+        return {
+            "loss": loss,
+            "ce": torch.stack(ces).mean(),
+            "distill": torch.stack(distills).mean(),
+            "acc": torch.stack(accs).mean(),
+            # host-side numbers stay on the CPU: copying them to a GPU every step would sync it
+            "distill_on": torch.tensor(float(active)),
+            "exchanged": torch.tensor(float(exchanged)),
+            "exchange_ms": torch.tensor(exchange_ms),
+        }
+
+    def _terms(self, images: torch.Tensor, labels: torch.Tensor, active: bool) -> tuple[list[torch.Tensor], ...]:
+        """Per own copy: (loss, ce, distill, acc), one copy (and one stale copy) at a time."""
+        p = self.params
         if self.ctx.world.distributed or p.shard == "shared":
             inputs = [(images, labels)] * len(self.own)
         else:
@@ -217,21 +244,32 @@ class Codistill(PeerMethod):
             ces.append(ce.detach())
             distills.append(distill.detach())
             accs.append(accuracy(logits.detach(), labels=y))
-        loss = torch.stack(losses).sum()
-        if self.ctx.world.distributed:
-            # The engine averages logged values over ranks; the sum over copies is n × the mean.
-            # Gradient: this copy's term alone, exactly as in one process.
-            loss = loss + (loss.detach() * (self.copies - 1))
-        return {
-            "loss": loss,
-            "ce": torch.stack(ces).mean(),
-            "distill": torch.stack(distills).mean(),
-            "acc": torch.stack(accs).mean(),
-            # host-side numbers stay on the CPU: copying them to a GPU every step would sync it
-            "distill_on": torch.tensor(float(active)),
-            "exchanged": torch.tensor(float(exchanged)),
-            "exchange_ms": torch.tensor(exchange_ms),
-        }
+        return losses, ces, distills, accs
+
+    def _fused_terms(self, images: torch.Tensor, labels: torch.Tensor,
+                     active: bool) -> tuple[list[torch.Tensor], ...]:
+        """The same terms with every copy in one pass of the fused copies (one process holds them all), and
+        every stale copy in one pass over the whole batch (each copy then reads its own chunk's rows)."""
+        p, n = self.params, self.copies
+        if p.shard == "shared":
+            logits = self.peers(images)  # [n, B, C]: every copy on the same batch
+            targets_y = labels.expand(n, -1)
+        else:
+            logits = self.peers(images.unflatten(0, (n, -1)), per_model=True)  # copy i on chunk i
+            targets_y = labels.view(n, -1)
+        ces = F.cross_entropy(logits.flatten(0, 1), targets_y.flatten(), reduction="none").view(n, -1).mean(1)
+        distills = [torch.zeros((), device=logits.device)] * n
+        if active:
+            with torch.no_grad():
+                stale = self.stale(images).float()  # [n (stale copy j), B, C]
+                per_chunk = stale.unsqueeze(1).expand(n, n, *stale.shape[1:]) if p.shard == "shared" else \
+                    stale.unflatten(1, (n, -1))  # [j, i, rows of copy i's chunk, C]
+                targets = [_mean_target_logits(torch.cat([per_chunk[:i, i], per_chunk[i + 1:, i]]), p.temperature)
+                           for i in range(n)]
+            distills = [kd_loss(logits[i], targets[i], p.temperature) for i in range(n)]
+        losses = [ces[i] + p.distill_weight * distills[i] for i in range(n)]
+        accs = [accuracy(logits[i].detach(), labels=targets_y[i]) for i in range(n)]
+        return losses, list(ces.detach()), [d.detach() for d in distills], accs
 
     @torch.no_grad()
     def _exchange(self) -> float:
@@ -242,9 +280,9 @@ class Codistill(PeerMethod):
         if self.ctx.world.distributed:
             self._gather_copies(self.stale, "codistillation weight exchange")
         else:
-            for live, stale in zip(self.peers, self.stale):
-                for target, source in zip(distributed.module_state(stale), distributed.module_state(live)):
-                    target.copy_(source)
+            # the same keys, fused or not: copy i's tensors (views into the fused ones) in the same order
+            for target, source in zip(distributed.module_state(self.stale), distributed.module_state(self.peers)):
+                target.copy_(source)
         sync()
         self.exchanges += 1
         return (time.perf_counter() - started) * 1000.0

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from kdcli.config import RunConfig
+from kdcli.device import fuse_group
 from kdcli.errors import KDError
 from kdcli.methods.base import GENTLE_WITHOUT_BATCHNORM, Method, MethodContext, Preset
 from kdcli.methods.losses import mean_probability_logits, rampup_weight
 from kdcli.models import StagedNet, create_model
 from kdcli.models.branched import BranchedNet, split_index
+from kdcli.models.fused import FusedModels, NotFusable, fuse_models
 
 # The papers' ramp-up: w reaches 1 at epoch 80 of 300 (ONE, OKDDip, the CL re-run). Without a value
 # (the quick preset) a run keeps that ratio of its own epochs; a paper preset scales 80 with --epochs.
@@ -45,8 +47,57 @@ def peer_architectures(ctx: MethodContext, method: str, peers: int | None, minim
     return [ctx.config.model] * count
 
 
-def build_peers(ctx: MethodContext, archs: list[str]) -> nn.ModuleList:
-    return nn.ModuleList(ctx.create_model(arch) for arch in archs)
+def build_peers(ctx: MethodContext, archs: list[str], unfusable: str | None = None) -> nn.ModuleList | FusedModels:
+    """The K peers, built one after another from the run's RNG exactly as unfused peers are (same seed ⇒ same
+    K initial models), then run as one network when ``--fuse`` allows it (:func:`fuse_if_asked`).
+
+    ``unfusable``: why this method cannot fuse its peers (None when it can)."""
+    peers = [ctx.create_model(arch) for arch in archs]
+    if len(set(archs)) > 1:
+        unfusable = unfusable or f"--models gives peers of different architectures ({', '.join(archs)})"
+    return fuse_if_asked(ctx, peers, "peers", unfusable)
+
+
+def fuse_if_asked(ctx: MethodContext, models: list[nn.Module], what: str, unfusable: str | None = None,
+                  probe: torch.Tensor | None = None) -> nn.ModuleList | FusedModels:
+    """``models`` as one :class:`FusedModels` under ``--fuse auto`` (when they can be) or ``on`` (else a
+    one-line error); as a plain ``ModuleList`` under ``off``, for a single model, or when they cannot.
+    ``probe``: an input of the models' shape for the fusion check (default: from the models' spec)."""
+    mode = ctx.config.train.fuse
+    if mode == "off" or len(models) < 2:
+        return nn.ModuleList(models)
+    if unfusable is None and ctx.world.distributed:
+        # codistillation spreads its copies over the ranks; data-parallel fusion is untested, so kept apart
+        unfusable = "a torchrun job keeps its models separate"
+    if unfusable is None:
+        try:
+            return fuse_models(models, probe=probe, group=fuse_group(ctx.device))
+        except NotFusable as err:
+            unfusable = str(err)
+    if mode == "on":
+        raise KDError(f"--fuse on: the {what} cannot run as one network: {unfusable}; use --fuse auto or off")
+    return nn.ModuleList(models)
+
+
+def stacked_logits(models: nn.ModuleList | FusedModels, images: torch.Tensor) -> torch.Tensor:
+    """Every model's logits on ``images``: ``[K, B, C]`` (one fused pass, or one pass per model)."""
+    if isinstance(models, FusedModels):
+        return models(images)
+    return torch.stack([model(images) for model in models])
+
+
+def member_models(models: nn.ModuleList | FusedModels) -> list[nn.Module]:
+    """The models one by one: the live modules, or plain copies of the fused ones (for evaluation and export)."""
+    return models.members() if isinstance(models, FusedModels) else list(models)
+
+
+def describe_fusion(models: nn.ModuleList | FusedModels, arch: str) -> str | None:
+    """``"4 × resnet32"`` (``"4 × lenet5 in networks of 2, 2"`` when grouped) when ``models`` run fused, else
+    None (for :meth:`~kdcli.methods.base.Method.fusion`)."""
+    if not isinstance(models, FusedModels):
+        return None
+    grouped = f" in networks of {', '.join(map(str, models.sizes))}" if len(models.sizes) > 1 else ""
+    return f"{len(models)} × {arch}{grouped}"
 
 
 def resolve_split(ctx: MethodContext, method: str, split_at: str) -> str:
@@ -59,11 +110,17 @@ def resolve_split(ctx: MethodContext, method: str, split_at: str) -> str:
 
 
 def build_branched(ctx: MethodContext, branches: int, split_at: str, gate: bool) -> BranchedNet:
-    """The method's multi-branch net on ``--model``, split at the resolved stage ``split_at``."""
+    """The method's multi-branch net on ``--model``, split at the resolved stage ``split_at``; its branch
+    bodies run as one network when ``--fuse`` allows it."""
     info = ctx.info
-    return create_model("branched", info.channels, info.image_size, info.num_classes,  # type: ignore[return-value]
-                        base=ctx.config.model, split_at=split_at, branches=branches, gate=gate,
-                        **({"base_args": dict(ctx.config.model_args)} if ctx.config.model_args else {}))
+    net: BranchedNet = create_model("branched", info.channels, info.image_size, info.num_classes,  # type: ignore[assignment]
+                                    base=ctx.config.model, split_at=split_at, branches=branches, gate=gate,
+                                    **({"base_args": dict(ctx.config.model_args)} if ctx.config.model_args else {}))
+    probe = net.trunk_probe() if ctx.config.train.fuse != "off" else None
+    bodies = fuse_if_asked(ctx, list(net.branch_stack.bodies), "branches", probe=probe)
+    if isinstance(bodies, FusedModels):
+        net.branch_stack.use_fused(bodies)
+    return net
 
 
 def resolve_ramp(ramp_epochs: float | None, epochs: int) -> float:
@@ -196,13 +253,29 @@ class PeerMethod(Method):
     (``peer0..``) and, with two or more, their mean-probability ``ensemble``."""
 
     primary: ClassVar[str] = "peer0"
-    peers: nn.ModuleList
+    #: the peers: a ModuleList, or one FusedModels (``--fuse``; the same state-dict keys either way)
+    peers: nn.ModuleList | FusedModels
+
+    def peer_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Every peer's logits on ``images``, ``[K, B, C]``."""
+        return stacked_logits(self.peers, images)
 
     def eval_models(self) -> dict[str, nn.Module]:
-        rows: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(self.peers)}
-        if len(self.peers) > 1:
-            rows["ensemble"] = MeanProbEnsemble(list(self.peers))
+        """``peer0..`` and ``ensemble``; fused peers are evaluated (and exported) as plain copies made now."""
+        members = member_models(self.peers)
+        rows: dict[str, nn.Module] = {f"peer{i}": peer for i, peer in enumerate(members)}
+        if len(members) > 1:
+            rows["ensemble"] = MeanProbEnsemble(members)
         return rows
+
+    def graphable_models(self) -> dict[str, nn.Module]:
+        if isinstance(self.peers, FusedModels):
+            return {"peers": self.peers}
+        return {f"peer{i}": peer for i, peer in enumerate(self.peers)}
+
+    def fusion(self) -> dict[str, str]:
+        described = describe_fusion(self.peers, self.ctx.config.model)
+        return {"peers": described} if described else {}
 
     @classmethod
     def assemble_eval(cls, models: dict[str, nn.Module], params: Any) -> dict[str, nn.Module]:
@@ -272,3 +345,13 @@ class SharedTrunkMethod(Method):
 
     def graphable_models(self) -> dict[str, nn.Module]:
         return {"branches": self.runner}
+
+    def fusion(self) -> dict[str, str]:
+        return branch_fusion(self.net)
+
+
+def branch_fusion(net: BranchedNet) -> dict[str, str]:
+    """``{"branches": "m × <base>'s stages k.."}`` when the branch bodies run fused."""
+    bodies = net.branch_stack.bodies
+    described = describe_fusion(bodies, f"{net.base}'s stages {net.split + 1}..") if net.branch_stack.fused else None
+    return {"branches": described} if described else {}

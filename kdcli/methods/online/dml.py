@@ -11,7 +11,7 @@ from torch import nn
 
 from kdcli.config import Range, positive
 from kdcli.errors import KDError
-from kdcli.methods.base import Batch, MethodContext, Preset, accuracy, build_optimizer, register_method
+from kdcli.methods.base import Batch, MethodContext, Preset, build_optimizer, register_method
 from kdcli.methods.losses import mutual_loss, peer_kl, stacked_cross_entropy
 from kdcli.methods.online.common import (
     QUICK,
@@ -83,7 +83,9 @@ class DML(PeerMethod):
 
     def __init__(self, ctx: MethodContext, params: DMLParams) -> None:
         super().__init__(ctx, params)
-        self.peers = build_peers(ctx, peer_architectures(ctx, self.name, params.peers))
+        # Alternating steps the peers one at a time (and re-runs earlier ones), so they stay separate.
+        unfusable = "dml --update alternating steps the peers one at a time" if params.update == "alternating" else None
+        self.peers = build_peers(ctx, peer_architectures(ctx, self.name, params.peers), unfusable)
 
     @property
     def manual_optimization(self) -> bool:  # type: ignore[override]
@@ -96,14 +98,13 @@ class DML(PeerMethod):
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         images, labels = batch
-        # One graph per peer (a list, not a stack): alternating back-propagates peer by peer.
-        logits = [peer(images) for peer in self.peers]
         if self.params.update == "simultaneous":
-            stacked = torch.stack(logits)
+            stacked = self.peer_logits(images)  # [K, B, C]: one pass of the fused peers, or one per peer
             ce = stacked_cross_entropy(stacked, labels)
             kl = mutual_loss(stacked, stacked.detach(), self.params.temperature)
             return self._parts((ce + kl).sum(), ce, kl, stacked, labels)
-        return self._alternating(images, logits, labels)
+        # One graph per peer (a list, not a stack): alternating back-propagates peer by peer.
+        return self._alternating(images, [peer(images) for peer in self.peers], labels)
 
     def _alternating(self, images: torch.Tensor, logits: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         # Algorithm 1 of the paper: peer i learns from the current predictions of the others; once
@@ -131,11 +132,14 @@ class DML(PeerMethod):
     @staticmethod
     def _parts(loss: torch.Tensor, ce: torch.Tensor, kl: torch.Tensor, logits: torch.Tensor,
                labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        acc = torch.stack([accuracy(z, labels) for z in logits.detach()]).mean()
+        acc = (logits.detach().argmax(dim=2) == labels).float().mean()
         return {"loss": loss, "ce": ce.detach().mean(), "kl": kl.detach().mean(), "acc": acc}
 
     def graphable_models(self) -> dict[str, nn.Module]:
         # Alternating calls each earlier peer a second time per step, so only simultaneous is graphed.
         if self.params.update != "simultaneous":
             return {}
-        return {f"peer{i}": peer for i, peer in enumerate(self.peers)}
+        return super().graphable_models()
+
+    def graphable_step(self) -> bool:
+        return self.params.update == "simultaneous"

@@ -16,6 +16,7 @@ from kdcli.methods.online.common import (
     QUICK,
     BranchRunner,
     BranchView,
+    branch_fusion,
     build_branched,
     export_branches,
     paper_preset,
@@ -129,3 +130,6 @@ class ONE(Method):
 
     def graphable_models(self) -> dict[str, nn.Module]:
         return {"branches": self.runner}
+
+    def fusion(self) -> dict[str, str]:
+        return branch_fusion(self.net)

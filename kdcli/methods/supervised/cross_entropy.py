@@ -44,6 +44,9 @@ class Supervised(Method):
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "acc": accuracy(logits.detach(), labels)}
 
+    def graphable_step(self) -> bool:
+        return True
+
     def eval_models(self) -> dict[str, nn.Module]:
         return {self.role: self.model}
 

@@ -71,6 +71,9 @@ class HintonKD(Method):
             "agree": agreement(detached, teacher_logits),
         }
 
+    def graphable_step(self) -> bool:
+        return True
+
     def eval_models(self) -> dict[str, nn.Module]:
         return {"student": self.student}
 
