@@ -53,6 +53,7 @@ from kdcli.presets import method_class, methods_of, resolve_config, synthesizers
 __all__ = [
     "Run",
     "churn",
+    "config",
     "distill",
     "distill_datafree",
     "distill_online",
@@ -212,6 +213,19 @@ def _train(command: str, method: str | None, function: str, *, preset: str | Non
         result = orchestrator.train(run_config, resume=None if resume is None else _ref(resume), changes=changes,
                                     overwrite=overwrite, quiet=_quiet(quiet), argv=record)
     return Run(Path(result["run_dir"]), result)
+
+
+def config(command: str, method: str | None = None, *, preset: str | None = None, config: str | Path | None = None,
+           allow_modules: Sequence[str] = (), params: dict[str, Any] | None = None, **options: Any) -> RunConfig:
+    """The config ``kd <command>`` would run with these options, resolved as a training call resolves it
+    (defaults < preset < ``config`` TOML < options) without training or writing anything: a dry run."""
+    external.allow_modules(allow_modules)
+    param_text = options.pop("param_text", None)
+    method = method or methods_of(command)[0]
+    with _python_objects(options) as named:
+        flags, method_flags = _split(command, method, named, params)
+        return resolve_config(command, method, preset=preset, config_file=config, flags=flags,
+                              method_flags=method_flags, param_text=param_text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import typer
 
 from kdcli.budget import budget_of, differences
 from kdcli.cli import app
-from kdcli.cli.options import OPTIONS, Options, to_config
+from kdcli import api
+from kdcli.cli.options import OPTIONS, Options
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_online.py"
 spec = importlib.util.spec_from_file_location("reproduce_online", SCRIPT)
@@ -30,7 +31,8 @@ def parsed(argv: list[str]):
     online = typer.main.get_command(app).commands[argv[1]]
     values = online.make_context(argv[1], list(argv[2:])).params
     options = Options({name: values[name] for name in values if name in OPTIONS})
-    return to_config("distill-online", options, values["method"])
+    kwargs = {k: v for k, v in options.api_kwargs().items() if k not in ("resume", "overwrite", "quiet")}
+    return api.config("distill-online", values["method"], **kwargs)
 
 
 def test_each_method_runs_its_own_scaled_paper_protocol(pairs):
