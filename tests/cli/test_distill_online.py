@@ -72,7 +72,7 @@ def test_a_shortened_paper_run_says_what_it_scaled_and_records_it(tmp_path):
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())  # the start line says what resolution scaled
     assert "milestones 150,225 → 0.5,0.75: the paper preset is 300 epochs, this run 1" in said
-    assert "adjusted method.ramp_epochs: 80 → 0.266667" in result.output
+    assert "method.ramp_epochs 80 → 0.266667: the paper preset is 300 epochs" in said
     info = json.loads((tmp_path / "short" / "run.json").read_text())
     assert info["config"]["optim"]["milestones"] == [0.5, 0.75] and info["params"]["ramp_epochs"] == 0.266667
     assert set(info["config"]["adjusted"]) >= {"milestones", "method.ramp_epochs"}
