@@ -144,3 +144,38 @@ def test_cpu_optimizers_are_the_multi_tensor_ones_with_the_loops_numbers():
             ours.step()
             loop.step()
         assert all(torch.equal(p, q) for p, q in zip(params, copies))
+
+
+def test_a_data_free_run_logs_a_test_curve_that_ends_at_the_reported_number(tmp_path, teacher_run):
+    """No validation data: each epoch's test accuracy is a curve in metrics.jsonl (dashed in curves.png); the
+    reported number is the last epoch's, not the best epoch's."""
+    import json
+
+    from kdcli.run import train
+    from tests.conftest import digits_config
+
+    config = digits_config(command="distill-datafree", method="noise", epochs=3, batch_size=64)
+    config.model, config.data.dataset, config.teacher = "lenet5-half", "", str(teacher_run)
+    config.out = str(tmp_path / "noise")
+    config.method_params.update({"iterations": 4})
+    result = train(config, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "noise" / "metrics.jsonl").read_text().splitlines()]
+    curve = [row["test_top1/student"] for row in rows]
+    assert len(curve) == 3 and all(0.0 <= v <= 1.0 for v in curve)
+    assert not any(key.startswith("val_") for row in rows for key in row)
+    assert result["metrics"]["test"]["student"]["top1"] == curve[-1]
+    assert (tmp_path / "noise" / "curves.png").stat().st_size > 0
+
+
+def test_a_run_with_validation_data_logs_no_test_curve(tmp_path):
+    import json
+
+    from kdcli.run import train
+    from tests.conftest import digits_config
+
+    config = digits_config(epochs=1)
+    config.out = str(tmp_path / "t")
+    train(config, quiet=True)
+    row = json.loads((tmp_path / "t" / "metrics.jsonl").read_text().splitlines()[0])
+    assert any(k.startswith("val_top1/") for k in row)
+    assert not any(k.startswith("test_top1/") for k in row)
