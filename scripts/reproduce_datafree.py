@@ -12,6 +12,13 @@ and KD rows. The table goes into docs/results.md between ``<!-- datafree:TAG:sta
     KD_DATA_DIR=/work/shared/data python scripts/reproduce_datafree.py --dataset mnist --device cpu \\
         --seeds 0 --tag mnist-cpu-quick
 
+Issue 11 additions: ``--teacher-preset paper`` trains the teacher with ``kd train-teacher --preset
+paper`` (the data-free papers' recipe: Adam, all images, 32 px MNIST); ``--row 'LABEL=METHOD FLAGS'``
+adds a row for one method with extra flags (before/after a fix at the same budget, e.g.
+``--row 'lopes, full statistics=lopes --param statistics=full'``); ``--shots 1,10,100`` adds few-shot
+rows (``kd distill --shots M``: M real images per class) and ``--shots-attention`` their KD+AT twins;
+``--jobs N`` runs N at a time (on a CPU, with ``--threads 1`` in ``--common-extra``).
+
 ``--bench`` instead measures synthesis speed (`kd synthesize`: ZSKD and DeepInversion impressions
 per second, DAFL generator samples per second) into docs/benchmarks.md.
 """
@@ -27,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +85,9 @@ def run_one(cmd: list[str], out: Path) -> tuple[dict, float]:
 
 
 def teacher_cmd(args: argparse.Namespace, model: str, out: Path) -> list[str]:
+    if args.teacher_preset and model == args.teacher_model:
+        return kd_cmd("train-teacher", "--dataset", args.dataset, "--model", model, "--preset", args.teacher_preset,
+                      "--seed", "0", "--device", args.device, "--out", rel(out), *shlex.split(args.teacher_extra))
     epochs = (
         args.bn_teacher_epochs if model == args.bn_teacher_model and args.bn_teacher_epochs else args.teacher_epochs
     )
@@ -98,11 +109,13 @@ def teacher_cmd(args: argparse.Namespace, model: str, out: Path) -> list[str]:
         args.device,
         "--out",
         rel(out),
+        *shlex.split(args.teacher_extra),
     )
 
 
-def method_cmd(args: argparse.Namespace, method: str, teacher: Path, seed: int, out: Path) -> list[str]:
-    common = ["--seed", str(seed), "--device", args.device, "--out", rel(out)]
+def method_cmd(args: argparse.Namespace, method: str, teacher: Path, seed: int, out: Path,
+               row_extra: str = "") -> list[str]:
+    common = ["--seed", str(seed), "--device", args.device, "--out", rel(out), *shlex.split(args.common_extra)]
     if method == "kd":
         return kd_cmd(
             "distill",
@@ -114,8 +127,9 @@ def method_cmd(args: argparse.Namespace, method: str, teacher: Path, seed: int, 
             str(args.kd_epochs),
             *common,
             *shlex.split(args.kd_extra),
+            *shlex.split(row_extra),
         )
-    extra = shlex.split(getattr(args, f"{method}_extra") or "")
+    extra = shlex.split(getattr(args, f"{method}_extra") or "") + shlex.split(row_extra)
     return kd_cmd(
         "distill-datafree",
         "--teacher",
@@ -145,6 +159,30 @@ def out_dir(args: argparse.Namespace) -> Path:
     return out if out.is_absolute() else ROOT / out
 
 
+def planned_rows(args: argparse.Namespace, methods: list[str]) -> list[tuple[str, str, str, str]]:
+    """(label, group, method, extra flags) of every row, in table order."""
+    rows = [(m + (" (with data)" if m == "kd" else ""), "plain", m, "") for m in methods if m != "deepinversion"]
+    for spec in args.row:
+        label, sep, rest = spec.partition("=")
+        if not sep or not rest.split():
+            raise SystemExit(f"--row {spec!r}: expected 'LABEL=METHOD FLAGS'")
+        method, _, extra = rest.strip().partition(" ")
+        rows.append((label.strip(), "plain", method, extra.strip()))
+    for shots in [int(m) for m in args.shots.split(",") if m.strip()]:
+        rows.append((f"kd, {shots} real image{'s' if shots > 1 else ''}/class", "plain", "kd",
+                     f"--shots {shots} {args.shots_extra}".strip()))
+        if args.shots_attention:
+            rows.append((f"kd+at, {shots} real image{'s' if shots > 1 else ''}/class", "plain", "kd",
+                         f"--shots {shots} --attention {args.shots_extra}".strip()))
+    if "deepinversion" in methods:
+        rows += [(m + (" (with data)" if m == "kd" else ""), "bn", m, "") for m in args.bn_methods.split(",") if m]
+    return rows
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
 def reproduce(args: argparse.Namespace) -> str:
     out = out_dir(args)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -160,37 +198,29 @@ def reproduce(args: argparse.Namespace) -> str:
         cmd = teacher_cmd(args, args.bn_teacher_model, teachers["bn"])
         teacher_infos["bn"], _ = run_one(cmd, teachers["bn"])
         commands.append(" ".join(cmd))
+    plan = planned_rows(args, methods)
+    jobs = []
+    for label, group, method, extra in plan:
+        for seed in seeds:
+            name = f"{group}-{method}-s{seed}" if not extra else f"{group}-{slug(label)}-s{seed}"
+            jobs.append((method_cmd(args, method, teachers[group], seed, out / name, extra), out / name))
+    if args.jobs > 1:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda job: run_one(*job), jobs))
+    else:
+        results = [run_one(*job) for job in jobs]
     rows = []
-    groups = [("plain", [m for m in methods if m != "deepinversion"])]
-    if "bn" in teachers:
-        groups.append(("bn", [m for m in args.bn_methods.split(",") if m]))
-    for group, group_methods in groups:
-        teacher = teachers[group]
+    for i, (label, group, method, extra) in enumerate(plan):
+        done = results[i * len(seeds):(i + 1) * len(seeds)]
+        commands.append(" ".join(jobs[i * len(seeds)][0]))
+        accs = [info["metrics"]["test"]["student"]["top1"] for info, _ in done]
+        agree = [info["metrics"]["agreement"]["student"] for info, _ in done]
+        walls = [wall for _, wall in done]
         teacher_top1 = teacher_infos[group]["metrics"]["test"]["teacher"]["top1"]
-        for method in group_methods:
-            accs, walls, agree = [], [], []
-            for seed in seeds:
-                run_dir = out / f"{group}-{method}-s{seed}"
-                cmd = method_cmd(args, method, teacher, seed, run_dir)
-                info, wall = run_one(cmd, run_dir)
-                accs.append(info["metrics"]["test"]["student"]["top1"])
-                agree.append(info["metrics"]["agreement"]["student"])
-                walls.append(wall)
-                if seed == seeds[0]:
-                    commands.append(" ".join(cmd))
-            teacher_arch = teacher_infos[group]["roles"]["teacher"]["arch"]
-            rows.append(
-                [
-                    method + (" (with data)" if method == "kd" else ""),
-                    f"{teacher_arch} ({teacher_top1 * 100:.2f})",
-                    args.student,
-                    fmt(accs),
-                    fmt(agree),
-                    len(seeds),
-                    f"{statistics.mean(walls) / 60:.1f}",
-                    ANCHORS.get((args.dataset, method), "—") if group == "plain" else "—",
-                ]
-            )
+        teacher_arch = teacher_infos[group]["roles"]["teacher"]["arch"]
+        anchor = ANCHORS.get((args.dataset, method), "—") if group == "plain" and not extra else "—"
+        rows.append([label, f"{teacher_arch} ({teacher_top1 * 100:.2f})", args.student, fmt(accs), fmt(agree),
+                     len(seeds), f"{statistics.mean(walls) / 60:.1f}", anchor])
     when = dt.date.today().isoformat()
     machine = f"{args.device}: {platform.machine()} {args.machine}".strip()
     lines = [
@@ -291,7 +321,7 @@ def write_section(path: Path, tag: str, body: str) -> None:
     path.write_text(text[:start] + inner + text[end:])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--teacher-model", default="lenet5")
@@ -302,6 +332,16 @@ def main() -> None:
         "--bn-teacher-epochs", type=int, default=0, help="epochs of the BN teacher (default: --teacher-epochs)"
     )
     parser.add_argument("--teacher-lr", type=float, default=0.05)
+    parser.add_argument("--teacher-preset", default="",
+                        help="train the teacher with `kd train-teacher --preset P` (e.g. paper) instead of the flags")
+    parser.add_argument("--teacher-extra", default="", help="extra flags for the teacher run")
+    parser.add_argument("--common-extra", default="", help="extra flags for every student run (e.g. --threads 1)")
+    parser.add_argument("--row", action="append", default=[],
+                        help="an extra row 'LABEL=METHOD FLAGS' (repeatable): one method with extra flags")
+    parser.add_argument("--shots", default="", help="few-shot rows: `kd distill --shots M` for each M (e.g. 1,10,100)")
+    parser.add_argument("--shots-attention", action="store_true", help="also the KD+AT rows (`--attention`)")
+    parser.add_argument("--shots-extra", default="", help="extra flags for the few-shot rows")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--kd-epochs", type=int, default=20)
     parser.add_argument("--kd-extra", default="--lr 0.01", help="extra flags for the kd (with data) runs")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -320,7 +360,11 @@ def main() -> None:
     parser.add_argument("--bench-iterations", type=int, default=200)
     parser.add_argument("--no-docs", action="store_true", help="print the table, leave docs/ alone")
     parser.add_argument("--body-out", default="", help="also write the markdown block to this file")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     body = bench(args) if args.bench else reproduce(args)
     print(body)
     if args.body_out:

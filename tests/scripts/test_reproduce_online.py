@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import typer
 
+from kdcli import api
 from kdcli.budget import budget_of, differences
 from kdcli.cli import app
-from kdcli import api
 from kdcli.cli.options import OPTIONS, Options
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_online.py"
