@@ -86,7 +86,7 @@ class KdGroup(TyperGroup):
         except click.exceptions.ClickException as err:
             error_line(err.format_message())
             code = err.exit_code
-        except click.exceptions.Abort:
+        except typer.Abort:  # the vendored click has no Abort of its own: typer's is the one raised
             error_line("aborted")
             code = 1
         if not standalone_mode:

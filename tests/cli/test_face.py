@@ -102,3 +102,13 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(monkeypatch, tmp_
     assert len(lines) >= 10, result.output
     assert "train epoch 1/2: " in lines[0] and "ETA" in lines[0] and "img/s" in result.output
     assert lines[-1].startswith("train epoch 2/2: ") and "(100%)" in lines[-1]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["distill", "--help"]])
+def test_help_into_a_closed_pipe_is_no_traceback(args):
+    """`kd --help | head -1`: the reader goes away before kd writes; kd stops quietly."""
+    child = subprocess.Popen([sys.executable, "-m", "kdcli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # closed before the interpreter has even imported kd: the first write fails
+    _, err = child.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()
+    assert child.returncode in (0, 1), err.decode()
