@@ -209,10 +209,14 @@ def run_one(planned: Planned, seed: int, out: Path, epochs: int | None = None) -
                 raise SystemExit(f"{out} holds a finished run with another budget or seed ({'; '.join(diff)}); "
                                  "choose another --runs folder")
             return {**info, "wall_s": info["wall_time_s"], "cpu_s": float("nan")}  # not measured again
-    print("$", shlex.join(cmd), flush=True)
+    # an interrupted run of this plan (Ctrl-C, SIGTERM: kd saved its state) continues where it stopped
+    resumable = run_json.is_file() and (out / "state.safetensors").is_file() and epochs is None
+    tail = ["--resume", str(out)] if resumable else [*cmd[1:], "--overwrite"]
+    print("$", shlex.join(cmd) + ("  # resumed" if resumable else ""), flush=True)
     started, cpu_before = time.time(), _children_cpu_s()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "kdcli", *cmd[1:], "--quiet", "--json", "--overwrite"], cwd=ROOT,
+    argv = [cmd[1], *tail] if resumable else tail
+    done = subprocess.run([sys.executable, "-m", "kdcli", *argv, "--quiet", "--json"], cwd=ROOT,
                           capture_output=True, text=True, env=env)
     wall = time.time() - started
     if done.returncode != 0:
@@ -438,8 +442,9 @@ def main() -> None:
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs)
+    # seed by seed: a reproduction stopped early still has whole tables for its first seeds
     jobs = [(planned, seed, out_dir(runs, planned, pair, seed))
-            for pair in pairs for seed in seeds for planned in (pair.method, pair.baseline)]
+            for seed in seeds for pair in pairs for planned in (pair.method, pair.baseline)]
     done = dict(zip([(id(planned), seed) for planned, seed, _ in jobs], run_all(jobs, args.jobs)))
     results: dict[str, tuple[list[dict], list[dict]]] = {}
     for pair in pairs:
