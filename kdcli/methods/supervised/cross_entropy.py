@@ -19,7 +19,6 @@ from kdcli.methods.base import (
     register_method,
 )
 
-
 #: The LeNet-5 teacher of the data-free papers' MNIST rows, as the official DAFL code trains it
 #: (DAFL/teacher-train.py: Adam 1e-3, batch 256, 9 epochs, all training images); fp32 as the papers ran.
 PAPER_LENET5: dict[str, Any] = {

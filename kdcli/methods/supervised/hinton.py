@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli.config import Range, at_least, between, positive
+from kdcli.errors import KDError
 from kdcli.methods.base import (
     GENTLE_WITHOUT_BATCHNORM,
     Batch,
@@ -27,7 +28,6 @@ from kdcli.methods.base import (
     agreement,
     register_method,
 )
-from kdcli.errors import KDError
 from kdcli.methods.losses import at_loss, kd_loss
 from kdcli.models import probe_model
 
