@@ -60,6 +60,9 @@ def test_datafree_runs_and_record_metadata_use_the_teachers_size(teacher12, tmp_
                                params={"iterations": 2}, quiet=True)
     assert _sizes(run.path) == (12, 12, 12, 12)
     assert record_statistics(str(teacher12), device="cpu")  # the training split read again at 12 px
+    made = api.synthesize(teacher12, "zskd", n=4, out=str(tmp_path / "syn"), params={"iterations": 1}, device="cpu",
+                          quiet=True)
+    assert made["dataset"]["image_size"] == 12 and made["config"]["data"]["image_size"] == 12
 
 
 def test_a_conflicting_image_size_is_a_one_line_error(teacher12, tmp_path):
