@@ -79,7 +79,8 @@ class Built:
     val_set: ImageSet | None
     test_set: ImageSet
     world: World = field(default_factory=World)
-    #: ``--shots M``: ``{"per_class": M, "indices": [...]}``, the training images used (recorded in run.json)
+    #: ``--shots M``: ``{"per_class": M, "count": M × classes, "indices": [...]}``, the training images used
+    #: (indices into the training split; recorded in run.json)
     shots: dict[str, Any] | None = None
 
     def context(self, steps_per_epoch: int) -> MethodContext:

@@ -49,10 +49,14 @@ def test_a_student_of_a_resized_teacher_trains_and_evaluates_at_its_size(teacher
     model, _ = checkpoint.load_model(student.path / "student.safetensors")
     dataset = get_dataset("digits", image_size=12)
     test = dataset.load("test")
-    logits = predict(model, test, dataset.info, torch.device("cpu"), 1024, resolve_precision("auto", torch.device("cpu")))
-    again = predict(model, test, dataset.info, torch.device("cpu"), 1024, resolve_precision("auto", torch.device("cpu")))
-    assert torch.equal(logits, again)
+    cpu = torch.device("cpu")
+    logits = predict(model, test, dataset.info, cpu, 1024, resolve_precision("auto", cpu))
+    assert test.images.shape[-1] == 12 and logits.shape == (len(test), 10)
     assert (logits.argmax(1) == test.labels).float().mean().item() == rows[1]["top1"]
+    teacher, _ = checkpoint.load_run_model(str(teacher12))  # what --teacher RUN loads: the same logits
+    assert torch.equal(predict(teacher, test, dataset.info, cpu, 1024, None),
+                       predict(checkpoint.load_model(teacher12 / "teacher.safetensors")[0], test, dataset.info, cpu,
+                               1024, None))
 
 
 def test_datafree_runs_and_record_metadata_use_the_teachers_size(teacher12, tmp_path):

@@ -70,7 +70,7 @@ OPTIONS: dict[str, Opt] = {
     "image_size": _config(("--image-size",), "Resize every image to N×N once when loading (bilinear, antialiased, "
                           "as the papers' Resize; e.g. 32 for MNIST); 0 = the dataset's size. Recorded in the run; "
                           "a run made from a teacher run takes the teacher's.", Optional[int], "image_size", DATA),
-    "shots": _config(("--shots",), "Train on only M seeded images per class (few-shot); no validation split, "
+    "shots": _config(("--shots",), "Train on only M seeded images per class (few-shot; 0 = all); no validation split, "
                      "the batch is capped at M × classes and an epoch shows as many images as an epoch of the "
                      "full split (the M per class repeated). The indices are recorded in run.json.",
                      Optional[int], "shots", DATA),
