@@ -79,3 +79,17 @@ def test_a_conflicting_image_size_is_a_one_line_error(teacher12, tmp_path):
     same = api.distill(teacher12, "lenet5-half", epochs=1, device="cpu", image_size=12, out=str(tmp_path / "ok"),
                        quiet=True)
     assert _sizes(same.path)[0] == 12
+
+
+def test_an_imported_teacher_takes_its_image_size(teacher12, tmp_path):
+    """A teacher trained elsewhere at 32 px on 28 px MNIST (the official DAFL teacher) is imported with --image-size."""
+    weights = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    model, _ = checkpoint.load_model(teacher12 / "teacher.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    run = api.import_teacher("lenet5", weights, "digits", image_size=12, device="cpu", out=str(tmp_path / "imp"),
+                             quiet=True)
+    assert _sizes(run.path) == (12, 12, 12, 12)
+    assert run.info["metrics"]["test"]["teacher"]["top1"] == json.loads((teacher12 / "run.json").read_text())[
+        "metrics"]["test"]["teacher"]["top1"]
