@@ -314,7 +314,7 @@ def import_teacher(model: Any, weights: str | Path, dataset: Any = None, *, allo
                    overwrite: bool = False, quiet: bool | None = None, allow_modules: Sequence[str] = (),
                    argv: list[str] | None = None, **options: Any) -> Run:
     """``kd import-teacher``: wrap an external checkpoint of ``model`` into a teacher run (see
-    :func:`kdcli.run.import_teacher`). Options: ``dataset``, ``data_dir``, ``model_args``, ``out``,
+    :func:`kdcli.run.import_teacher`). Options: ``dataset``, ``data_dir``, ``image_size``, ``model_args``, ``out``,
     ``device``, ``precision``, ``seed``, ``eval_batch_size``."""
     external.allow_modules(allow_modules)
     record = argv or _record("import_teacher", {"model": model, "weights": str(weights), **options})

@@ -1,7 +1,7 @@
 """When two runs may be set side by side: their training budget.
 
 A baseline only says something about a method when it trained under the same budget: the same data
-(dataset, the share held out for validation, augmentation), the same schedule (epochs, batch, optimiser,
+(dataset, the share held out for validation, augmentation, ``--image-size`` and ``--shots`` when set), the same schedule (epochs, batch, optimiser,
 learning rate and its schedule, weight decay, warm-up), the same precision and the same models (the
 architecture and how many are trained side by side; codistillation adds the share of the data each copy
 sees). :func:`budget_of` lists those for a config about to run, :func:`run_budget` for a finished run
@@ -49,6 +49,10 @@ def budget_of(config: RunConfig, params: Any = None, device_type: str | None = N
         "warmup_epochs": optim.warmup_epochs,
         "schedule": optim.schedule,
     }
+    if data.image_size:  # --image-size and --shots, only when set: a run without them keeps its old budget
+        budget["image_size"] = data.image_size
+    if data.shots:
+        budget["shots"] = data.shots
     if optim.optimizer == "sgd":
         budget["momentum"] = optim.momentum
         budget["nesterov"] = bool(optim.nesterov and optim.momentum > 0)

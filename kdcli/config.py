@@ -32,6 +32,12 @@ class DataConfig:
     data_dir: str | None = None
     val_fraction: float = 0.1
     augment: str = "auto"  # auto | none | crop | crop_flip
+    #: every image resized to N×N when loaded (kdcli.data.resize); 0 = the dataset's own size. A run made
+    #: from a teacher run takes the teacher's (kdcli.run.teacher_image_size)
+    image_size: int = 0
+    #: train on only this many seeded images of each class of the training split (kdcli.data.loader.few_shot_indices);
+    #: 0 = all of them
+    shots: int = 0
 
 
 @dataclass
@@ -167,6 +173,8 @@ def check_range(name: str, value: Any, rule: Range) -> None:
 #: The range of every numeric config field (checked by :func:`validate`, whatever set the value).
 RANGES: dict[str, Range] = {
     "val_fraction": between(0.0, 1.0, high_open=True),
+    "image_size": between(0, 1024),
+    "shots": at_least(0),
     "lr": positive(),
     "momentum": between(0.0, 1.0, high_open=True),
     "weight_decay": at_least(0.0),
@@ -364,6 +372,9 @@ def validate(config: RunConfig) -> None:
     if config.optim.warmup_epochs > config.train.epochs:
         raise KDError(f"--warmup-epochs {config.optim.warmup_epochs:g} is longer than the run "
                       f"(--epochs {config.train.epochs}); the learning rate would never reach its peak")
+    if config.data.shots and config.data.val_fraction > 0:
+        raise KDError(f"--shots {config.data.shots} trains on {config.data.shots} images per class and holds none "
+                      f"out: --val-fraction must be 0 (got {config.data.val_fraction:g})")
     if not config.models and not config.model:
         raise KDError("--model must name a model (see kd list models)")
 

@@ -65,10 +65,15 @@ def _check_fits(info_json: dict[str, Any], info: DatasetInfo, run: str) -> None:
         raise KDError(f"cannot evaluate {run} (a {stored['name']} run) on {info.name}: {', '.join(mismatch)}")
 
 
+def run_image_size(info_json: dict[str, Any]) -> int:
+    """The ``--image-size`` a run was made at (0: the dataset's own size); its test images are resized the same."""
+    return int(info_json["config"].get("data", {}).get("image_size", 0) or 0)
+
+
 def _dataset_for(info_json: dict[str, Any], dataset: str | None, data_dir: str | None, run: str = "the run"):
     stored = info_json["dataset"]
     name = dataset or stored["name"]
-    data = get_dataset(name, data_dir or info_json["config"].get("data", {}).get("data_dir"))
+    data = get_dataset(name, data_dir or info_json["config"].get("data", {}).get("data_dir"), run_image_size(info_json))
     _check_fits(info_json, data.info, run)
     return data, data.info
 
@@ -99,13 +104,13 @@ def evaluate_runs(
     setup_device(dev)
     dtype = resolve_precision("auto", dev)
     rows: list[dict[str, Any]] = []
-    cache: dict[tuple[str, str | None], tuple[ImageSet, DatasetInfo]] = {}
+    cache: dict[tuple[str, str | None, int], tuple[ImageSet, DatasetInfo]] = {}
     for ref in runs:
         run_dir, only_role, info_json = checkpoint.resolve_role(ref) if ":" in ref and not Path(ref).exists() else (
             Path(ref), None, checkpoint.read_run(ref))
         if info_json.get("status") != "complete":
             raise KDError(f"run {ref} is not complete (status {info_json.get('status')}); resume it first")
-        key = (dataset or info_json["dataset"]["name"], data_dir)
+        key = (dataset or info_json["dataset"]["name"], data_dir, run_image_size(info_json))
         if key not in cache:
             data, info = _dataset_for(info_json, dataset, data_dir, ref)
             cache[key] = (data.load("test"), info)

@@ -114,7 +114,7 @@ def _without_batchnorm(config: RunConfig) -> str | None:
     registry name is left for the build to report."""
     for name in dict.fromkeys(config.models or [config.model]):
         if external.is_external(name):
-            info = get_dataset(config.data.dataset, config.data.data_dir).info
+            info = get_dataset(config.data.dataset, config.data.data_dir, config.data.image_size).info
             probe = probe_model(name, info.channels, info.image_size, info.num_classes, **config.model_args)
             if "batchnorm" not in model_provides(probe):
                 return name
@@ -198,6 +198,10 @@ def resolve_config(
         explicit_method = {k.replace("-", "_") for k in {**from_file.get("method", {}), **(param_text or {}),
                                                          **method_flags}}
         scale_with_epochs(config, scaled, values["epochs"], explicit, explicit_method)
+    if config.data.shots and config.data.val_fraction > 0 and "val_fraction" not in explicit:
+        # few-shot training reads M images per class and nothing else (kdcli.run.few_shot_set)
+        config.adjusted["val_fraction"] = f"{config.data.val_fraction:g} → 0: --shots holds no image out"
+        config.data.val_fraction = 0.0
     without = _without_batchnorm(config) if no_batchnorm and "lr" not in explicit else None
     if without is not None:
         _apply_no_batchnorm(config, no_batchnorm, explicit, without)

@@ -37,7 +37,7 @@ from kdcli.config import ResumeChanges, RunConfig, validate
 from kdcli.data import get_dataset
 from kdcli.data import synthetic as synthetic_sets
 from kdcli.data.base import Dataset, DatasetInfo, ImageSet
-from kdcli.data.loader import DeviceLoader, split_train_val
+from kdcli.data.loader import DeviceLoader, few_shot_indices, repeat_to, split_train_val, subset
 from kdcli.device import (
     ThreadChoice,
     Timer,
@@ -79,6 +79,9 @@ class Built:
     val_set: ImageSet | None
     test_set: ImageSet
     world: World = field(default_factory=World)
+    #: ``--shots M``: ``{"per_class": M, "count": M × classes, "indices": [...]}``, the training images used
+    #: (indices into the training split; recorded in run.json)
+    shots: dict[str, Any] | None = None
 
     def context(self, steps_per_epoch: int) -> MethodContext:
         return MethodContext(self.config, self.info, self.device, steps_per_epoch, self.teacher, self.teacher_meta,
@@ -134,10 +137,11 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
         teacher, teacher_meta = checkpoint.load_run_model(config.teacher, device)
         check_teacher_model(config, teacher_meta)
         config.data.dataset = config.data.dataset or teacher_meta["dataset"].get("name", "")
+        config.data.image_size = teacher_image_size(config.data.image_size, teacher_meta)
     for name in [config.model, *config.models]:
         if name:
             check_model_name(name, config.model_args)  # unknown model names fail before any data is read
-    dataset = get_dataset(config.data.dataset, config.data.data_dir)
+    dataset = get_dataset(config.data.dataset, config.data.data_dir, config.data.image_size)
     info = dataset.info
     if teacher_meta is not None:
         check_compatible(teacher_meta, info)
@@ -145,10 +149,13 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
     raw_params = method_cls.make_params(values)
     check_method_needs(method_cls, raw_params, config, info, teacher, teacher_meta)
 
-    train_set = val_set = None
+    train_set = val_set = shots = None
     if method_cls.needs_data:
         full_train = dataset.load("train")
-        train_set, val_set = split_train_val(full_train, config.data.val_fraction, seed=config.train.seed)
+        if config.data.shots:
+            train_set, shots = few_shot_set(config, full_train, info)
+        else:
+            train_set, val_set = split_train_val(full_train, config.data.val_fraction, seed=config.train.seed)
         if len(train_set) < config.train.batch_size:
             raise KDError(
                 f"--batch-size {config.train.batch_size} is larger than the training split ({len(train_set)} images)"
@@ -157,7 +164,37 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
     probe = MethodContext(config, info, device, 0, teacher, teacher_meta, world)
     params = method_cls.resolve_params(raw_params, probe)
     return Built(config, method_cls, params, dataset, info, device, teacher, teacher_meta, train_set, val_set, test_set,
-                 world)
+                 world, shots)
+
+
+def teacher_image_size(asked: int, teacher_meta: dict[str, Any]) -> int:
+    """The image size of a run made from a teacher run: the teacher's own ``--image-size`` (0 when it used the
+    dataset's size); ``asked`` (``--image-size``, 0 = not given) must be the size the teacher takes."""
+    held = int(teacher_meta["spec"]["image_size"])
+    if asked and asked != held:
+        raise KDError(f"--image-size {asked} conflicts with the teacher run {teacher_meta['run']}, which takes "
+                      f"{held}px images; drop --image-size (the teacher's size is used)")
+    recorded = teacher_meta.get("run_info", {}).get("config", {}).get("data", {}).get("image_size", 0)
+    return asked or int(recorded or 0)
+
+
+def few_shot_set(config: RunConfig, full_train: ImageSet, info: DatasetInfo) -> tuple[ImageSet, dict[str, Any]]:
+    """``--shots M``: M images of each class of the training split, drawn with the run's seed
+    (:func:`~kdcli.data.loader.few_shot_indices`), and no validation split (no other real image is read;
+    :func:`kdcli.config.validate` requires ``val_fraction`` 0, which the resolution sets unless the user set it).
+
+    An epoch still shows the model as many images as an epoch of the whole split (the M × classes images
+    repeated, reshuffled every epoch), so ``--epochs`` keeps its meaning; a batch larger than M × classes
+    is capped to it. Both changes go to ``config.adjusted`` (``config`` is the build's own copy)."""
+    m = config.data.shots
+    indices = few_shot_indices(full_train.labels, m, info.num_classes, config.train.seed)
+    chosen = subset(full_train, indices)
+    if config.train.batch_size > len(chosen):
+        config.adjusted["batch_size"] = (f"{config.train.batch_size} → {len(chosen)}: --shots {m} gives "
+                                         f"{len(chosen)} images")
+        config.train.batch_size = len(chosen)
+    length = len(full_train) // config.train.batch_size * config.train.batch_size
+    return repeat_to(chosen, length), {"per_class": m, "count": len(chosen), "indices": indices.tolist()}
 
 
 def check_teacher_model(config: RunConfig, teacher_meta: dict[str, Any]) -> None:
@@ -467,6 +504,7 @@ def _train_built(
             "teacher": _teacher_description(built),
             "started": started,
             **({"resumes": resumes} if resumes else {}),
+            **({"shots": built.shots} if built.shots is not None else {}),
         }
 
     writer = RunWriter(run_dir if world.is_main else None, describe)
@@ -500,6 +538,9 @@ def start_line(built: Built, steps: int | None, resume: str | None = None) -> st
     warmup = f"{optim.warmup_epochs:g}-epoch warm-up" if optim.warmup_epochs > 0 else "no warm-up"
     if built.train_set is None:
         split = "no training data read (data-free)"
+    elif built.shots is not None:
+        split = (f"--shots {built.shots['per_class']}: {built.shots['count']} training images (seeded), no validation "
+                 "split, the last epoch is reported")
     elif built.val_set is None:
         split = (f"no validation split (--val-fraction 0): {len(built.train_set)} train images, nothing selected, "
                  "the last epoch is reported")
@@ -611,8 +652,9 @@ def record_statistics(run_ref: str, device: str = "auto", data_dir: str | None =
     dev = select_device(device)
     setup_device(dev)
     model, _ = checkpoint.load_run_model(run_ref, dev)
-    dataset = get_dataset(info_json["dataset"]["name"],
-                          data_dir or info_json.get("config", {}).get("data", {}).get("data_dir"))
+    stored = info_json.get("config", {}).get("data", {})
+    dataset = get_dataset(info_json["dataset"]["name"], data_dir or stored.get("data_dir"),
+                          stored.get("image_size", 0))  # the size the teacher was trained at
     claim = checkpoint.claim_for_resume(run_dir)  # no other writer while run.json is updated
     try:
         entries = _statistics_of(run_dir, role, model, dataset.load("train"), dataset.info, dev)
@@ -655,7 +697,7 @@ def import_teacher(
         setup_device(device)
         check_model_name(config.model, config.model_args)
         state, source = weights_module.read_state_dict(weights, allow_pickle)
-        dataset = get_dataset(config.data.dataset, config.data.data_dir)
+        dataset = get_dataset(config.data.dataset, config.data.data_dir, config.data.image_size)
         info = dataset.info
         seed_everything(config.train.seed, device)
         model = create_model(config.model, info.channels, info.image_size, info.num_classes, **config.model_args)

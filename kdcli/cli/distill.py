@@ -9,7 +9,8 @@ COMMAND = "distill"
 
 
 @handle_errors
-@command("teacher", "teacher_model", "model", "model_arg", "temperature", "alpha", "param", *TRAINING_COMMAND)
+@command("teacher", "teacher_model", "model", "model_arg", "temperature", "alpha", "shots", "attention", "beta", "param",
+         *TRAINING_COMMAND)
 def distill(options: Options) -> None:
     """Distil a teacher run into a student with Hinton KD, on the real training data.
 
@@ -21,6 +22,8 @@ def distill(options: Options) -> None:
     kd distill --teacher runs/teacher   (a LeNet-5-half student, seconds on a CPU)
 
     kd distill --teacher runs/fm-teacher --model lenet5-half --temperature 4 --alpha 0.9 --out runs/fm-student
+
+    kd distill --teacher runs/mnist-teacher --shots 10 --attention   (ZSKT's few-shot KD+AT baseline)
 
     kd distill --teacher runs/c10-resnet56 --model resnet20 --epochs 240 --lr 0.05 --schedule step --milestones 150,180,210
     """

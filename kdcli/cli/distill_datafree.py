@@ -18,8 +18,8 @@ Method = Annotated[Optional[str], typer.Option("--method", help="dafl | zskt | z
 
 
 @handle_errors
-@command("teacher", "teacher_model", "student", "model_arg", "n", "synthetic", *DATAFREE_KNOBS, "temperature", "param", "data_dir", "augment",
-         *SCHEDULE, *DEVICE_OPTIONS, *RUN_OPTIONS)
+@command("teacher", "teacher_model", "student", "model_arg", "n", "synthetic", *DATAFREE_KNOBS, "temperature", "param", "data_dir",
+         "image_size", "augment", *SCHEDULE, *DEVICE_OPTIONS, *RUN_OPTIONS)
 def distill_datafree(options: Options, method: Method = None) -> None:
     """Distil a teacher run into a student without its training data.
 

@@ -18,7 +18,7 @@ AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Read a pickle
 
 
 @handle_errors
-@command("model", "model_arg", "dataset", "data_dir", "device", "precision", "seed", "out", "overwrite", "json",
+@command("model", "model_arg", "dataset", "data_dir", "image_size", "device", "precision", "seed", "out", "overwrite", "json",
          "quiet", "allow_module")
 def import_teacher(options: Options, weights: Weights, allow_pickle: AllowPickle = False) -> None:
     """Wrap the weights of a model trained elsewhere into a teacher run.

@@ -67,6 +67,13 @@ OPTIONS: dict[str, Opt] = {
     "val_fraction": _config(("--val-fraction",), "Share of train held out for validation (0 = train on all).",
                             Optional[float], "val_fraction", DATA),
     "augment": _config(("--augment",), "auto | none | crop | flip | crop_flip.", Optional[str], "augment", DATA),
+    "image_size": _config(("--image-size",), "Resize every image to N×N once when loading (bilinear, antialiased, "
+                          "as the papers' Resize; e.g. 32 for MNIST); 0 = the dataset's size. Recorded in the run; "
+                          "a run made from a teacher run takes the teacher's.", Optional[int], "image_size", DATA),
+    "shots": _config(("--shots",), "Train on only M seeded images per class (few-shot; 0 = all); no validation split, "
+                     "the batch is capped at M × classes and an epoch shows as many images as an epoch of the "
+                     "full split (the M per class repeated). The indices are recorded in run.json.",
+                     Optional[int], "shots", DATA),
     # models
     "model": _config(("--model", "-m"), "Model name (see `kd list models`), tv:NAME (torchvision), or your own "
                      "MODULE:FACTORY.", Optional[str], "model", MODEL),
@@ -151,13 +158,16 @@ OPTIONS: dict[str, Opt] = {
     "lr_generator": _method(("--lr-generator",), "Generator learning rate (dafl, zskt).", Optional[float],
                             "lr_generator"),
     "latent_dim": _method(("--latent-dim",), "Generator latent size (dafl, zskt).", Optional[int], "latent_dim"),
-    "beta": _method(("--beta",), "zskt: attention-transfer weight β.", Optional[float], "beta"),
+    "beta": _method(("--beta",), "Attention-transfer weight β (zskt; kd with --attention).", Optional[float], "beta"),
+    "attention": _method(("--attention/--no-attention",), "kd: add β·Σ attention transfer over block groups "
+                         "(ZSKT's KD+AT baseline, β 250); both models need block groups.", Optional[bool],
+                         "attention"),
     "synth_batch": _method(("--synth-batch",), "Impressions optimised at once on the device.", Optional[int],
                            "synth_batch"),
 }
 
 #: What every training command takes.
-DATA_OPTIONS = ("dataset", "data_dir", "val_fraction", "augment")
+DATA_OPTIONS = ("dataset", "data_dir", "val_fraction", "augment", "image_size")
 SCHEDULE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "milestones", "gamma", "warmup_epochs",
             "weight_decay", "momentum", "nesterov", "seed")
 DEVICE_OPTIONS = ("device", "precision", "cuda_graphs", "threads")

@@ -23,8 +23,8 @@ Dtype = Annotated[Optional[str], typer.Option("--dtype", help="uint8 (pixels) | 
 
 @handle_errors
 @command("teacher", "teacher_model", "student", "model_arg", *DATAFREE_KNOBS, "param", "epochs", "batch_size", "lr",
-         "seed", "device", "precision", "threads", "data_dir", "preset", "config", "out", "overwrite", "json", "quiet",
-         "allow_module")
+         "seed", "device", "precision", "threads", "data_dir", "image_size", "preset", "config", "out", "overwrite",
+         "json", "quiet", "allow_module")
 def synthesize(options: Options, method: Method = None, n: Count = None, dtype: Dtype = None) -> None:
     """Synthesise a transfer set from a teacher run, without its training data.
 

@@ -18,6 +18,7 @@ from kdcli.data import builtin, idx, usps, cifar, svhn, folder  # noqa: F401
 from kdcli.data import memory
 from kdcli.data.base import DATASETS, Dataset, DatasetInfo, ImageSet, Split
 from kdcli.data.loader import DeviceLoader, channel_stats, iterate_eval, split_train_val
+from kdcli.data.resize import resized
 
 __all__ = [
     "DATASETS",
@@ -34,18 +35,21 @@ __all__ = [
 ]
 
 
-def get_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+def get_dataset(name: str, data_dir: str | Path | None = None, image_size: int = 0) -> Dataset:
     """The dataset called ``name``; unknown names raise :class:`KDError` with suggestions.
+
+    ``image_size`` (``--image-size``; 0 = the dataset's own) resizes every image once, when a split is
+    loaded (:mod:`kdcli.data.resize`); the returned ``info`` reports that size.
 
     No image is read here (except a ``folder:`` dataset's first use, which builds its cache to learn
     its mean/std); missing files raise a :class:`KDError` that says where to put them.
     """
     if name in memory.IN_MEMORY:  # a Python object given to kdcli.api in this process
-        return memory.IN_MEMORY[name]
+        return resized(memory.IN_MEMORY[name], image_size)
     if name.startswith(memory.PREFIX):
         raise memory.missing(name)
     entry, captured = DATASETS.resolve(name)
-    return entry.builder(data_dir, **captured)
+    return resized(entry.builder(data_dir, **captured), image_size)
 
 
 def available_offline(name: str, data_dir: str | Path | None = None) -> bool:

@@ -26,8 +26,11 @@ class DatasetInfo:
     test_size: int | None = None
     class_names: tuple[str, ...] = ()
     augment: str = "none"  # "crop_flip" for 32x32 colour, "none" for digits-like data
+    #: the dataset's own image size when ``image_size`` is a resize of it (``--image-size``), else None
+    resized_from: int | None = None
 
     def to_dict(self) -> dict:
+        resized = {"resized_from": self.resized_from} if self.resized_from is not None else {}
         return {
             "name": self.name,
             "num_classes": self.num_classes,
@@ -36,6 +39,7 @@ class DatasetInfo:
             "mean": list(self.mean),
             "std": list(self.std),
             "augment": self.augment,
+            **resized,
         }
 
 

@@ -57,6 +57,30 @@ def subset(data: ImageSet, indices: torch.Tensor) -> ImageSet:
     return ImageSet(data.images.index_select(0, indices), data.labels.index_select(0, indices))
 
 
+def few_shot_indices(labels: torch.Tensor, shots: int, num_classes: int, seed: int) -> torch.Tensor:
+    """``shots`` indices of each of the ``num_classes`` classes, drawn with the run's ``seed`` (the same ones for
+    the same seed and labels), sorted. A class with fewer than ``shots`` samples is a one-line error."""
+    labels = labels.cpu()
+    counts = torch.bincount(labels, minlength=num_classes)
+    short = [c for c in range(num_classes) if int(counts[c]) < shots]
+    if short:
+        c = short[0]
+        raise KDError(f"--shots {shots}: class {c} has only {int(counts[c])} training images"
+                      f"{f' (and {len(short) - 1} more classes have fewer than {shots})' if len(short) > 1 else ''}")
+    perm = torch.randperm(labels.shape[0], generator=seeded_generator(seed, "shots"))
+    grouped = perm[torch.sort(labels[perm], stable=True).indices]  # by class, each class in random order
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.arange(labels.shape[0]) - starts[labels[grouped]]
+    return torch.sort(grouped[rank_in_class < shots]).values
+
+
+def repeat_to(data: ImageSet, length: int) -> ImageSet:
+    """``data`` repeated (and cut) to ``length`` samples: a few-shot subset filling an epoch of the full split."""
+    copies = -(-length // len(data))
+    index = torch.arange(len(data)).repeat(copies)[:length]
+    return subset(data, index)
+
+
 def split_train_val(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
     """Hold out a stratified, seeded ``fraction`` of a split for validation; ``fraction=0`` → ``(images, None)``."""
     if not 0.0 <= fraction < 1.0:
