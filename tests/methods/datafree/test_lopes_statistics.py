@@ -18,6 +18,7 @@ from kdcli.data import get_dataset
 from kdcli.data.synthetic import normalise
 from kdcli.errors import KDError
 from kdcli.methods.datafree import lopes_statistics as metadata
+from kdcli.methods.datafree.lopes import LopesParams
 from kdcli.models import create_model
 from kdcli.run import record_statistics, train
 from tests.methods.datafree.test_datafree_methods import datafree_config
@@ -114,6 +115,7 @@ def test_a_layer_too_large_for_a_covariance_is_refused_in_one_line(teacher_run, 
 
 
 def test_variants_round_trip_and_an_old_file_reads_as_pooled(full_teacher, tmp_path):
+    assert LopesParams().statistics == metadata.DEFAULT_VARIANT
     pooled = metadata.load(str(full_teacher))
     assert pooled.variant == "pooled" and pooled.description["statistics"] == "pooled"
     assert pooled.description["format"] == metadata.FORMAT
