@@ -174,6 +174,12 @@ def test_record_metadata_then_lopes(teacher, tmp_path):
     _assert_clean_error(bad, "Did you mean top_layer", tmp_path, "y")
 
 
+def test_help_labels_the_spectral_objectives_as_kds_own_and_names_the_statistics_variants():
+    text = " ".join(kd("distill-datafree", "--help").output.split())
+    assert "the spectral two are kd's own construction" in text and "--statistics" in text
+    assert "kd's own" in kd("list", "methods").output
+
+
 def test_record_metadata_full_statistics_then_lopes(teacher, tmp_path):
     missing = kd("distill-datafree", "--teacher", str(teacher), "--method", "lopes", "--statistics", "full",
                  "--device", "cpu", "--out", "x")

@@ -30,7 +30,8 @@ of github.com/iRapha/replayed_distillation), for small networks:
   6×28×28 = 4,704 values and conv2 16×10×10 = 1,600; at kd's 28 px 3,456 and 1,024). A layer over
   :data:`MAX_FULL_UNITS` units is refused (its per-class covariance would not fit in sane memory);
 * per class, the **mean** and a **square-root factor** ``L`` of the population covariance
-  ``Σ`` (the official code keeps the dense ``Σ``, no low-rank or block approximation): ``L`` is the
+  ``Σ`` (the official code keeps the dense ``Σ`` in float64 numpy arrays, no low-rank or block
+  approximation; kd keeps its dense factor in float32): ``L`` is the
   Cholesky factor of ``Σ + ε·mean(diag Σ)·I`` with jitter ``ε`` = :data:`JITTER` (raised ×10 until the
   factorisation succeeds; the value used is recorded). Conv maps are linear images of the input
   before their ReLU, so their covariance has rank at most the number of pixels and needs the jitter.
