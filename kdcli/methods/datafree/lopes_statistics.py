@@ -35,7 +35,8 @@ of github.com/iRapha/replayed_distillation), for small networks:
   Cholesky factor of ``Σ + ε·mean(diag Σ)·I`` with jitter ``ε`` = :data:`JITTER` (raised ×10 until the
   factorisation succeeds; the value used is recorded). Conv maps are linear images of the input
   before their ReLU, so their covariance has rank at most the number of pixels and needs the jitter.
-  Stored in float32 (dense ``[K, D, D]``, ~48 MB per class for kd's 28 px LeNet-5 conv1);
+  Stored in float32 as the packed lower triangle (``[K, D(D+1)/2]``; ~24 MB per class for kd's 28 px
+  LeNet-5 conv1, ~260 MB for the whole 28 px LeNet-5 file);
 * targets are sampled ``μ_c + L_c z`` with ``z ~ N(0, I)``: correlated, with covariance ``Σ_c``.
   The official ``sample_from_stats`` draws ``μ_c + z Σ_c`` (the covariance itself as the factor, so
   its samples' covariance is ``Σ_c²``) and falls back to independent per-unit Gaussians where a
@@ -554,13 +555,14 @@ def record_full(
             cov = second[i] / n - torch.outer(offset, offset)  # population covariance, as the official code
             factor, eps = covariance_factor(0.5 * (cov + cov.t()))
             means[i].append((shift[i].double() + offset).float().cpu())
-            factors[i].append(factor.float().cpu())
+            lower_rows, lower_cols = torch.tril_indices(sizes[i], sizes[i], device=factor.device)
+            factors[i].append(factor[lower_rows, lower_cols].float().cpu())  # packed lower triangle
             jitters[i].append(eps)
         del first, second
     tensors: dict[str, torch.Tensor] = {"class_count": counts.float()}
     for i in range(len(sizes)):
         tensors[f"full{i}.mean"] = torch.stack(means[i])
-        tensors[f"full{i}.factor"] = torch.stack(factors[i])
+        tensors[f"full{i}.factor_tril"] = torch.stack(factors[i])
     weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
     description = {
         "kind": "lopes-metadata",
@@ -570,6 +572,7 @@ def record_full(
         "teacher_sha256": _file_sha256(weights_file),
         "layers": sizes,
         "shapes": [list(shape) for shape in shapes],
+        "factor": "cholesky, lower triangle packed row by row (torch.tril_indices)",
         "jitter": JITTER,
         "jitter_used": jitters,
         "objectives": ["top_layer", "all_layers"],
@@ -602,6 +605,16 @@ def _pre_activation_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int,
     return captured + [tuple(logits.shape[1:])]
 
 
+def _unpack_lower(packed: torch.Tensor, size: int) -> torch.Tensor:
+    """``[K, D(D+1)/2]`` packed lower triangles → ``[K, D, D]`` lower-triangular matrices."""
+    rows, cols = torch.tril_indices(size, size)
+    if packed.dim() != 2 or packed.shape[1] != len(rows):
+        raise KeyError("factor_tril")
+    full = torch.zeros(packed.shape[0], size, size, dtype=packed.dtype)
+    full[:, rows, cols] = packed
+    return full
+
+
 def load_full(run_ref: str) -> FullMetadata:
     """The full statistics of a teacher run; a run without them gets the command that adds them."""
     run_dir, role, info = checkpoint.resolve_role(run_ref)
@@ -619,7 +632,8 @@ def load_full(run_ref: str) -> FullMetadata:
         layers = len(description["layers"])
         weights_file = run_dir / info["roles"][description["role"]]["file"]
         result = FullMetadata([tensors[f"full{i}.mean"] for i in range(layers)],
-                              [tensors[f"full{i}.factor"] for i in range(layers)],
+                              [_unpack_lower(tensors[f"full{i}.factor_tril"], size)
+                               for i, size in enumerate(description["layers"])],
                               tensors["class_count"], description)
     except (KeyError, json.JSONDecodeError):
         raise KDError(
