@@ -58,7 +58,9 @@ class LopesParams:
             two are kd's own construction, pooled statistics only).
         statistics: pooled (kd's pooled post-ReLU units, independent targets) | full (the official
             code's full pre-ReLU maps, correlated targets from each class's covariance; the teacher
-            run needs ``kd record-metadata --statistics full``).
+            run needs ``kd record-metadata --statistics full``). The default is pooled: the full-protocol
+            numbers were measured with it, and it needs no extra recording; full scored about 10 points
+            higher at small CPU budgets on MNIST LeNet-5 → LeNet-5-half (docs/results.md).
         n: reconstructions to make (not stated in the paper; the ZSKD MNIST count).
         synthetic: a ``kd synthesize`` folder to distil from instead of reconstructing.
         temperature: distillation temperature T (official code: 8).
