@@ -330,11 +330,11 @@ def import_teacher(model: Any, weights: str | Path, dataset: Any = None, *, allo
 
 
 def record_metadata(teacher: Any, *, device: str = "auto", data_dir: str | None = None,
-                    allow_modules: Sequence[str] = ()) -> dict[str, Any]:
+                    allow_modules: Sequence[str] = (), statistics: str = "") -> dict[str, Any]:
     """``kd record-metadata``: add the statistics data-free methods need to a teacher run; returns the
-    entries added to its ``run.json``."""
+    entries added to its ``run.json``. ``statistics``: Lopes et al.'s ``pooled`` (default) or ``full``."""
     external.allow_modules(allow_modules)
-    return orchestrator.record_statistics(_ref(teacher), device=device, data_dir=data_dir)
+    return orchestrator.record_statistics(_ref(teacher), device=device, data_dir=data_dir, variant=statistics)
 
 
 def evaluate(runs: Sequence[Any] | Any, *, dataset: Any = None, data_dir: str | None = None, device: str = "auto",

@@ -617,7 +617,7 @@ def _finish_run(method: Method, built: Built, result: FitResult, writer: RunWrit
 
 
 def _statistics_of(run_dir: Path, role: str, model: nn.Module, train_set: ImageSet, info: DatasetInfo,
-                   device: torch.device) -> dict[str, Any]:
+                   device: torch.device, variant: str = "") -> dict[str, Any]:
     """Every method's :meth:`~kdcli.methods.base.Method.record_teacher_statistics`: the entries for ``run.json``;
     a method whose :attr:`~kdcli.methods.base.Method.teacher_needs` this model does not meet is skipped."""
     entries: dict[str, Any] = {}
@@ -626,7 +626,8 @@ def _statistics_of(run_dir: Path, role: str, model: nn.Module, train_set: ImageS
         for entry in METHODS:
             if not entry.builder.teacher_needs <= offers:
                 continue  # e.g. Lopes et al.'s per-stage statistics of a model without stages
-            entries.update(entry.builder.record_teacher_statistics(run_dir, role, model, train_set, info, device))
+            entries.update(entry.builder.record_teacher_statistics(run_dir, role, model, train_set, info, device,
+                                                                   variant))
     return entries
 
 
@@ -644,8 +645,13 @@ def _record_after_training(run_dir: Path, role: str, model: nn.Module, dataset: 
         return {}
 
 
-def record_statistics(run_ref: str, device: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
-    """``kd record-metadata``: read a finished teacher run's training split once and record what methods need."""
+def record_statistics(run_ref: str, device: str = "auto", data_dir: str | None = None,
+                      variant: str = "") -> dict[str, Any]:
+    """``kd record-metadata``: read a finished teacher run's training split once and record what methods need
+    (``variant``: which statistics, e.g. Lopes et al.'s ``pooled`` or ``full``; empty = each method's default).
+
+    An older run is upgraded in place: the new entries are added to its ``run.json`` (replacing only the
+    keys of the same name, e.g. ``metadata_full``); every other key and file is kept."""
     run_dir, role, info_json = checkpoint.resolve_role(run_ref)
     if info_json.get("status") != "complete":
         raise KDError(f"run {run_ref} is not complete; finish it (--resume) before recording metadata")
@@ -657,7 +663,7 @@ def record_statistics(run_ref: str, device: str = "auto", data_dir: str | None =
                           stored.get("image_size", 0))  # the size the teacher was trained at
     claim = checkpoint.claim_for_resume(run_dir)  # no other writer while run.json is updated
     try:
-        entries = _statistics_of(run_dir, role, model, dataset.load("train"), dataset.info, dev)
+        entries = _statistics_of(run_dir, role, model, dataset.load("train"), dataset.info, dev, variant)
         if entries:
             current = checkpoint.read_run(run_dir)
             current.update(entries)

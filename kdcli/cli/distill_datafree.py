@@ -11,7 +11,7 @@ from kdcli.cli.options import DEVICE_OPTIONS, RUN_OPTIONS, SCHEDULE, Options, co
 
 COMMAND = "distill-datafree"
 #: the method hyperparameters the data-free commands share as flags
-DATAFREE_KNOBS = ("objective", "iterations", "lr_input", "lr_generator", "latent_dim", "beta", "synth_batch")
+DATAFREE_KNOBS = ("objective", "statistics", "iterations", "lr_input", "lr_generator", "latent_dim", "beta", "synth_batch")
 
 Method = Annotated[Optional[str], typer.Option("--method", help="dafl | zskt | zskd | lopes | deepinversion | noise "
                                                "(`kd list methods`).", rich_help_panel="Method")]

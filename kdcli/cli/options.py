@@ -151,7 +151,10 @@ OPTIONS: dict[str, Opt] = {
     "n": _method(("-n", "--n"), "Transfer-set size (images to synthesise).", Optional[int], "n"),
     "synthetic": _method(("--synthetic",), "Distil from this `kd synthesize` folder.", Optional[str], "synthetic"),
     "objective": _method(("--objective",), "lopes: top_layer | all_layers | spectral_all_layers | "
-                         "spectral_layer_pairs.", Optional[str], "objective"),
+                         "spectral_layer_pairs (the spectral two are kd's own construction).", Optional[str],
+                         "objective"),
+    "statistics": _method(("--statistics",), "lopes: pooled (kd's pooled units) | full (the official code's "
+                          "full pre-ReLU maps, correlated targets; small networks).", Optional[str], "statistics"),
     "iterations": _method(("--iterations",), "Optimisation steps per impression (zskd, lopes, deepinversion) or "
                           "steps per epoch (dafl, zskt, noise).", Optional[int], "iterations"),
     "lr_input": _method(("--lr-input",), "Adam learning rate on synthesised inputs.", Optional[float], "lr_input"),

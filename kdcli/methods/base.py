@@ -333,11 +333,13 @@ class Method(nn.Module):
     @classmethod
     def record_teacher_statistics(
         cls, run_dir: Path, role: str, teacher: nn.Module, train_set: ImageSet, info: DatasetInfo,
-        device: torch.device,
+        device: torch.device, variant: str = "",
     ) -> dict[str, Any]:
         """Called once a teacher run exists and its training split is at hand (``kd train-teacher``,
         ``kd record-metadata``): record what this method will later need from the data (Lopes et al.'s
-        activation statistics). Returns entries to add to the teacher's ``run.json``. Default: none."""
+        activation statistics). ``variant`` names which statistics to record (``kd record-metadata
+        --statistics``; empty = the method's default). Returns entries to add to the teacher's
+        ``run.json``; an entry replaces only the key of the same name. Default: none."""
         return {}
 
     # -- state -----------------------------------------------------------------------------------------------

@@ -174,6 +174,31 @@ def test_record_metadata_then_lopes(teacher, tmp_path):
     _assert_clean_error(bad, "Did you mean top_layer", tmp_path, "y")
 
 
+def test_help_labels_the_spectral_objectives_as_kds_own_and_names_the_statistics_variants():
+    text = " ".join(kd("distill-datafree", "--help").output.split())
+    assert "the spectral two are kd's own construction" in text and "--statistics" in text
+    assert "kd's own" in kd("list", "methods").output
+
+
+def test_record_metadata_full_statistics_then_lopes(teacher, tmp_path):
+    missing = kd("distill-datafree", "--teacher", str(teacher), "--method", "lopes", "--statistics", "full",
+                 "--device", "cpu", "--out", "x")
+    _assert_clean_error(missing, f"kd record-metadata --teacher {teacher} --statistics full", tmp_path, "x")
+    bad = kd("record-metadata", "--teacher", str(teacher), "--statistics", "covariance", "--device", "cpu")
+    _assert_clean_error(bad, "unknown statistics variant 'covariance'", tmp_path)
+    recorded = kd("record-metadata", "--teacher", str(teacher), "--statistics", "full", "--device", "cpu", "--json")
+    assert recorded.exit_code == 0, recorded.output
+    listing = json.loads(recorded.output)
+    assert listing["statistics"] == "full" and listing["layers"] == [384, 256, 120, 84, 10]
+    info = json.loads((teacher / "run.json").read_text())
+    assert info["metadata"]["file"] == "metadata.safetensors"  # the pooled statistics are kept
+    assert info["metadata_full"]["file"] == "metadata-full.safetensors"
+    run = kd("distill-datafree", "--teacher", str(teacher), "--method", "lopes", "--statistics", "full", "-n", "32",
+             "--iterations", "3", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--out", "l", "--json")
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.output)["params"]["statistics"] == "full"
+
+
 def test_train_teacher_records_metadata(tmp_path):
     result = kd("train-teacher", "--epochs", "1", "--model", "lenet5", "--device", "cpu", "--out", "t1", "--json")
     assert result.exit_code == 0, result.output

@@ -2,7 +2,9 @@
 
 Recorded once, while the training data is still at hand (the Lopes method's ``record_teacher_statistics``
 hook, which ``kd train-teacher`` calls at the end and ``kd record-metadata --teacher RUN`` on an older
-run), into ``<run>/metadata.safetensors``:
+run). Two variants, each in its own file so recording one never touches the other:
+
+``pooled`` (``<run>/metadata.safetensors``; kd's own summary, the default):
 
 * **units** of every layer: each block group's output average-pooled to at most 4×4 cells (fewer
   when that would exceed 1024 units), an fc group as it is, and the logits (the top layer);
@@ -15,8 +17,31 @@ run), into ``<run>/metadata.safetensors``:
   coefficients are stored.
 
 The paper's graphs are over fully connected layers; pooling conv maps into cells is our
-generalisation so any kd model (LeNet, ResNets) gets a small graph. A LeNet-5 MNIST teacher's file
-is about 0.7 MB.
+generalisation so any kd model (LeNet, ResNets) gets a small graph. The official code's spectral
+objectives are unfinished (its ``compute_graphwise_statistics`` never feeds its optimiser), so both
+spectral objectives here are **kd's own construction**. A LeNet-5 MNIST teacher's file is about 0.7 MB.
+
+``full`` (``<run>/metadata-full.safetensors``; the official code's statistics, ``procedures/compute_stats.py``
+of github.com/iRapha/replayed_distillation), for small networks:
+
+* **layers**: the full-resolution *pre-activation* output of every convolution and linear layer of the
+  stages, in execution order, then the logits. For LeNet-5 these are the official code's five tensors
+  (conv1, conv2, fc1, fc2 before their ReLU, and the logits; at the official 32 px input conv1 is
+  6×28×28 = 4,704 values and conv2 16×10×10 = 1,600; at kd's 28 px 3,456 and 1,024). A layer over
+  :data:`MAX_FULL_UNITS` units is refused (its per-class covariance would not fit in sane memory);
+* per class, the **mean** and a **square-root factor** ``L`` of the population covariance
+  ``Σ`` (the official code keeps the dense ``Σ`` in float64 numpy arrays, no low-rank or block
+  approximation; kd keeps its dense factor in float32): ``L`` is the
+  Cholesky factor of ``Σ + ε·mean(diag Σ)·I`` with jitter ``ε`` = :data:`JITTER` (raised ×10 until the
+  factorisation succeeds; the value used is recorded). Conv maps are linear images of the input
+  before their ReLU, so their covariance has rank at most the number of pixels and needs the jitter.
+  Stored in float32 as the packed lower triangle (``[K, D(D+1)/2]``; ~24 MB per class for kd's 28 px
+  LeNet-5 conv1, ~260 MB for the whole 28 px LeNet-5 file);
+* targets are sampled ``μ_c + L_c z`` with ``z ~ N(0, I)``: correlated, with covariance ``Σ_c``.
+  The official ``sample_from_stats`` draws ``μ_c + z Σ_c`` (the covariance itself as the factor, so
+  its samples' covariance is ``Σ_c²``) and falls back to independent per-unit Gaussians where a
+  covariance "is not positive definite (like conv1 in lenet)"; kd uses a true square root so the
+  samples have the recorded covariance, and the jitter in place of the fallback.
 """
 
 from __future__ import annotations
@@ -39,7 +64,21 @@ from kdcli.data.loader import DeviceLoader
 from kdcli.errors import KDError, unknown
 
 METADATA_FILE = "metadata.safetensors"
+FULL_METADATA_FILE = "metadata-full.safetensors"
 OBJECTIVES = ("top_layer", "all_layers", "spectral_all_layers", "spectral_layer_pairs")
+SPECTRAL_OBJECTIVES = ("spectral_all_layers", "spectral_layer_pairs")
+VARIANTS = ("pooled", "full")
+DEFAULT_VARIANT = "pooled"
+#: Version of the metadata files' layout. 1 (no ``format``/``statistics`` fields) = pooled only.
+FORMAT = 2
+#: ``run.json`` key and file of each variant.
+RUN_KEYS = {"pooled": "metadata", "full": "metadata_full"}
+FILES = {"pooled": METADATA_FILE, "full": FULL_METADATA_FILE}
+#: Largest layer the full variant keeps a covariance of: a ``[D, D]`` float64 accumulator is 302 MB and
+#: each class's float32 factor 151 MB at 6,144 units (LeNet-5's conv1 at 32 px with 'same' padding).
+MAX_FULL_UNITS = 6144
+#: Relative jitter added to each covariance's diagonal before its Cholesky factorisation.
+JITTER = 1e-5
 MAX_UNITS = 1024
 SPECTRAL_FRACTION = 0.25  # share of each graph's eigenvectors kept (lowest graph frequencies first)
 
@@ -167,6 +206,11 @@ class Metadata:
     pair_std: list[torch.Tensor]
     class_count: torch.Tensor
     description: dict[str, Any]
+    variant: str = "pooled"
+
+    def units(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        """The pooled units of one forward pass (:func:`layer_units`)."""
+        return layer_units(model, x)
 
     def to(self, device: torch.device | str) -> "Metadata":
         move = lambda ts: [t.to(device) for t in ts]  # noqa: E731
@@ -280,6 +324,8 @@ def record(
     weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
     description = {
         "kind": "lopes-metadata",
+        "format": FORMAT,
+        "statistics": "pooled",
         "role": role,
         "teacher_sha256": _file_sha256(weights_file),
         "layers": sizes,
@@ -288,19 +334,27 @@ def record(
         "train_samples": len(train),
         "dataset": info.name,
     }
-    path = run_dir / METADATA_FILE
+    path = writable(run_dir, "pooled")
     checkpoint.save_tensors(
         path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)}
     )
     return {
         "file": METADATA_FILE,
+        "statistics": "pooled",
+        "format": FORMAT,
         "bytes": path.stat().st_size,
         **{k: description[k] for k in ("layers", "objectives", "train_samples")},
     }
 
 
-def load(run_ref: str) -> Metadata:
-    """The metadata of a teacher run; a run without it gets the command that adds it."""
+def load(run_ref: str, variant: str = "pooled") -> "Metadata | FullMetadata":
+    """The ``variant`` statistics of a teacher run; a run without them gets the command that adds them.
+
+    A file written before variants existed (no ``statistics`` field, format 1) holds pooled statistics.
+    """
+    check_variant(variant)
+    if variant == "full":
+        return load_full(run_ref)
     run_dir, role, info = checkpoint.resolve_role(run_ref)
     path = run_dir / METADATA_FILE
     if not path.is_file():
@@ -311,6 +365,8 @@ def load(run_ref: str) -> Metadata:
     tensors, raw = checkpoint.load_tensors(path)
     try:
         description = json.loads(raw["metadata"])
+        if description.get("statistics", "pooled") != "pooled":
+            raise KeyError("statistics")
         layers = len(description["layers"])
         weights_file = run_dir / info["roles"][description["role"]]["file"]
         result = Metadata(
@@ -333,4 +389,258 @@ def load(run_ref: str) -> Metadata:
         raise KDError(
             f"{path} was recorded for other teacher weights; re-create it: kd record-metadata --teacher {run_dir}"
         )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants, files
+
+
+def check_variant(variant: str) -> str:
+    """``variant`` if it names a statistics variant, else the one-line error listing them."""
+    if variant not in VARIANTS:
+        raise unknown("statistics variant", variant, VARIANTS)
+    return variant
+
+
+def writable(run_dir: Path, variant: str) -> Path:
+    """The variant's file, refusing to replace a file of that name that kd did not write."""
+    path = run_dir / FILES[variant]
+    if path.exists() and path.name not in checkpoint.known_entries(checkpoint.read_run(run_dir)):
+        raise KDError(f"{path} exists and kd did not write it (run.json does not list it); move it away first")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The full variant: the official code's full-resolution pre-activation maps and class covariances
+
+
+def full_layers(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """One forward pass's pre-activation outputs of every convolution and linear layer of the stem and
+    stages (execution order), then the logits: ``[B, D_l]`` each (the official code's matched tensors)."""
+    captured: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out))
+             for part in (model.stem, *model.stages) for m in part.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        logits = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [t.float().flatten(1) for t in captured] + [logits.float()]
+
+
+def sample_correlated(mean: torch.Tensor, factor: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Targets ``μ_c + L_c z``, ``z ~ N(0, I)`` (global RNG), one row per entry of ``classes``.
+
+    Args:
+        mean: ``[K, D]`` per-class means.
+        factor: ``[K, D, D]`` per-class square-root factors (``L_c L_cᵀ = Σ_c``).
+        classes: ``[N]`` class of each row.
+
+    Returns:
+        ``[N, D]``; rows of class ``c`` have mean ``μ_c`` and covariance ``Σ_c``.
+    """
+    index = classes.to(mean.device)
+    z = torch.randn(len(index), mean.shape[1], device=mean.device)
+    out = mean[index].clone()
+    for c in index.unique().tolist():
+        rows = (index == c).nonzero().flatten()
+        out[rows] += z[rows] @ factor[c].t()
+    return out
+
+
+def covariance_factor(cov: torch.Tensor, jitter: float = JITTER) -> tuple[torch.Tensor, float]:
+    """Cholesky factor of ``cov + ε·mean(diag)·I`` (float64), ``ε`` from ``jitter`` ×10 until it factorises.
+
+    Returns the factor and the ``ε`` used."""
+    scale = float(cov.diagonal().mean().clamp_min(1e-12))
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    eps = jitter
+    for _ in range(8):
+        factor, info = torch.linalg.cholesky_ex(cov + (eps * scale) * eye)
+        if int(info) == 0:
+            return factor, eps
+        eps *= 10
+    raise KDError(f"a class covariance did not factorise even with jitter {eps / 10:g}; record pooled statistics")
+
+
+@dataclass
+class FullMetadata:
+    """Per-class means and covariance factors of every pre-activation layer (see the module docstring)."""
+
+    mean: list[torch.Tensor]  # [K, D_l] per layer (last = logits)
+    factor: list[torch.Tensor]  # [K, D_l, D_l] lower-triangular, L Lᵀ = Σ + jitter
+    class_count: torch.Tensor
+    description: dict[str, Any]
+    variant: str = "full"
+
+    def to(self, device: torch.device | str) -> "FullMetadata":
+        return FullMetadata([t.to(device) for t in self.mean], [t.to(device) for t in self.factor],
+                            self.class_count.to(device), self.description)
+
+    def units(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        return full_layers(model, x)
+
+    def blocks(self, objective: str, units: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What an objective compares: the logits (``top_layer``) or every layer (``all_layers``)."""
+        check_full_objective(objective)
+        return [units[-1]] if objective == "top_layer" else units
+
+    def sample_targets(self, objective: str, classes: torch.Tensor) -> list[torch.Tensor]:
+        """Correlated targets per impression from the aimed class's Gaussian (:func:`sample_correlated`)."""
+        check_full_objective(objective)
+        layers = [len(self.mean) - 1] if objective == "top_layer" else range(len(self.mean))
+        return [sample_correlated(self.mean[i], self.factor[i], classes) for i in layers]
+
+
+def check_full_objective(objective: str) -> None:
+    if objective in SPECTRAL_OBJECTIVES:
+        raise KDError(f"--objective {objective} is kd's own construction over pooled units; "
+                      "use it with statistics=pooled (full statistics: top_layer or all_layers)")
+    if objective not in OBJECTIVES:
+        raise KDError(unknown_objective(objective))
+
+
+@torch.no_grad()
+def record_full(
+    run_dir: Path, role: str, model: nn.Module, train: ImageSet, info: DatasetInfo, device: torch.device,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Read the training split once (eval mode, class by class) and write ``run_dir/metadata-full.safetensors``.
+
+    Each class's covariance is accumulated in float64 around a shift (its first batch's mean) so the
+    sums do not cancel, then factorised (:func:`covariance_factor`) and kept in float32. Returns the
+    listing ``run.json`` keeps under ``metadata_full``.
+    """
+    if not hasattr(model, "stages"):
+        raise KDError(f"{model.spec.arch} has no stages to record")
+    model.eval()
+    num_classes = model.spec.num_classes
+    probe = DeviceLoader(ImageSet(train.images[:1], train.labels[:1]), 1, mean=info.mean, std=info.std,
+                         device=device, shuffle=False, drop_last=False)
+    shapes = _pre_activation_shapes(model, next(iter(probe.epoch(0)))[0])
+    sizes = [math.prod(shape) for shape in shapes]
+    for layer, (shape, size) in enumerate(zip(shapes, sizes)):
+        if size > MAX_FULL_UNITS:
+            raise KDError(f"full statistics keep a covariance per class of every layer, and {model.spec.arch}'s "
+                          f"layer {layer} ({'x'.join(map(str, shape))}) has {size} units, over the limit of "
+                          f"{MAX_FULL_UNITS}: use statistics=pooled")
+    means: list[list[torch.Tensor]] = [[] for _ in sizes]
+    factors: list[list[torch.Tensor]] = [[] for _ in sizes]
+    jitters: list[list[float]] = [[] for _ in sizes]
+    counts = torch.bincount(train.labels, minlength=num_classes)
+    if (counts == 0).any():
+        missing = (counts == 0).nonzero().flatten().tolist()
+        raise KDError(f"the training split has no sample of class(es) {missing[:5]}; cannot record their statistics")
+    for c in range(num_classes):
+        rows = (train.labels == c).nonzero().flatten()
+        loader = DeviceLoader(ImageSet(train.images[rows], train.labels[rows]), batch_size, mean=info.mean,
+                              std=info.std, device=device, shuffle=False, drop_last=False)
+        shift: list[torch.Tensor] = []
+        first: list[torch.Tensor] = []
+        second: list[torch.Tensor] = []
+        for images, _ in loader.epoch(0):
+            for i, value in enumerate(full_layers(model, images)):
+                if len(shift) <= i:
+                    shift.append(value.mean(0))
+                    first.append(torch.zeros(sizes[i], dtype=torch.float64, device=device))
+                    second.append(torch.zeros(sizes[i], sizes[i], dtype=torch.float64, device=device))
+                centred = value - shift[i]
+                first[i] += centred.sum(0).double()
+                second[i] += (centred.t() @ centred).double()
+        n = float(len(rows))
+        for i in range(len(sizes)):
+            offset = first[i] / n
+            cov = second[i] / n - torch.outer(offset, offset)  # population covariance, as the official code
+            factor, eps = covariance_factor(0.5 * (cov + cov.t()))
+            means[i].append((shift[i].double() + offset).float().cpu())
+            lower_rows, lower_cols = torch.tril_indices(sizes[i], sizes[i], device=factor.device)
+            factors[i].append(factor[lower_rows, lower_cols].float().cpu())  # packed lower triangle
+            jitters[i].append(eps)
+        del first, second
+    tensors: dict[str, torch.Tensor] = {"class_count": counts.float()}
+    for i in range(len(sizes)):
+        tensors[f"full{i}.mean"] = torch.stack(means[i])
+        tensors[f"full{i}.factor_tril"] = torch.stack(factors[i])
+    weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
+    description = {
+        "kind": "lopes-metadata",
+        "format": FORMAT,
+        "statistics": "full",
+        "role": role,
+        "teacher_sha256": _file_sha256(weights_file),
+        "layers": sizes,
+        "shapes": [list(shape) for shape in shapes],
+        "factor": "cholesky, lower triangle packed row by row (torch.tril_indices)",
+        "jitter": JITTER,
+        "jitter_used": jitters,
+        "objectives": ["top_layer", "all_layers"],
+        "train_samples": len(train),
+        "dataset": info.name,
+    }
+    path = writable(run_dir, "full")
+    checkpoint.save_tensors(
+        path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)}
+    )
+    return {
+        "file": FULL_METADATA_FILE,
+        "statistics": "full",
+        "format": FORMAT,
+        "bytes": path.stat().st_size,
+        **{k: description[k] for k in ("layers", "objectives", "train_samples")},
+    }
+
+
+def _pre_activation_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    captured: list[tuple[int, ...]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(tuple(out.shape[1:])))
+             for part in (model.stem, *model.stages) for m in part.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        logits = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured + [tuple(logits.shape[1:])]
+
+
+def _unpack_lower(packed: torch.Tensor, size: int) -> torch.Tensor:
+    """``[K, D(D+1)/2]`` packed lower triangles → ``[K, D, D]`` lower-triangular matrices."""
+    rows, cols = torch.tril_indices(size, size)
+    if packed.dim() != 2 or packed.shape[1] != len(rows):
+        raise KeyError("factor_tril")
+    full = torch.zeros(packed.shape[0], size, size, dtype=packed.dtype)
+    full[:, rows, cols] = packed
+    return full
+
+
+def load_full(run_ref: str) -> FullMetadata:
+    """The full statistics of a teacher run; a run without them gets the command that adds them."""
+    run_dir, role, info = checkpoint.resolve_role(run_ref)
+    path = run_dir / FULL_METADATA_FILE
+    if not path.is_file():
+        raise KDError(
+            f"teacher run {str(run_dir)!r} has no full activation statistics (Lopes et al. with statistics=full "
+            f"need them); add them with: kd record-metadata --teacher {run_dir} --statistics full"
+        )
+    tensors, raw = checkpoint.load_tensors(path)
+    try:
+        description = json.loads(raw["metadata"])
+        if description["statistics"] != "full":
+            raise KeyError("statistics")
+        layers = len(description["layers"])
+        weights_file = run_dir / info["roles"][description["role"]]["file"]
+        result = FullMetadata([tensors[f"full{i}.mean"] for i in range(layers)],
+                              [_unpack_lower(tensors[f"full{i}.factor_tril"], size)
+                               for i, size in enumerate(description["layers"])],
+                              tensors["class_count"], description)
+    except (KeyError, json.JSONDecodeError):
+        raise KDError(
+            f"{path} is not kd's full activation statistics; re-create them: "
+            f"kd record-metadata --teacher {run_dir} --statistics full"
+        ) from None
+    if description["role"] == role and _file_sha256(weights_file) != description["teacher_sha256"]:
+        raise KDError(f"{path} was recorded for other teacher weights; re-create it: "
+                      f"kd record-metadata --teacher {run_dir} --statistics full")
     return result
