@@ -118,6 +118,16 @@ class DeepInversion(TransferSetDistill):
                 "weight_decay": 0.0,
                 "method": {"n": 1024, "iterations": 100, "lr_input": 0.1},
             },
+            # digits (8×8) from the default ResNet-20 teacher: sized to ~20 s on one CPU thread (a small set,
+            # few fast input steps, many cheap student epochs; T = 8; measured there)
+            "digits": {
+                "epochs": 30,
+                "batch_size": 64,
+                "optimizer": "adam",
+                "lr": 5e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 384, "iterations": 40, "lr_input": 0.25, "temperature": 8.0},
+            },
         },
         "paper": {
             "*": {

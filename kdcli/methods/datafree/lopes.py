@@ -110,6 +110,16 @@ class Lopes(TransferSetDistill):
                 "weight_decay": 0.0,
                 "method": {"n": 3000, "iterations": 200},
             },
+            # digits (8×8) from the default ResNet-20 teacher: sized to ~20 s on one CPU thread (a small set,
+            # many cheap student epochs; measured there)
+            "digits": {
+                "epochs": 30,
+                "batch_size": 64,
+                "optimizer": "adam",
+                "lr": 5e-3,
+                "weight_decay": 0.0,
+                "method": {"n": 400, "iterations": 80},
+            },
         },
         "paper": {
             "*": {
