@@ -19,11 +19,11 @@ Two details of the official code (vcl-iisc/ZSKD, ``di_generation/cifar_10_impres
 its MNIST code is not released) are parameters:
 
 * ``beta_mode``: ``generateDirch`` min-max normalises each row of ``β·C`` again before adding 1e-4,
-  which cancels β: both halves get ``Dir(C_c + 1e-4)``. ``"official"`` (the default) does exactly
-  that; ``"paper"`` applies ``Dir(β·C_c + 1e-4)`` as the paper writes it. The default is the code
-  because the paper's numbers came from it; and with the paper's β = 0.1 every concentration is at
-  most 0.1, so a target is nearly one-hot on a class drawn in proportion to ``C_c``, often not the
-  aimed one.
+  which cancels β: both halves get ``Dir(C_c + 1e-4)``. ``"official"`` does exactly that (the
+  ``paper`` preset uses it: the paper's numbers came from this code); ``"paper"`` (the default)
+  applies ``Dir(β·C_c + 1e-4)`` as the paper writes it, so β = 0.1 gives near one-hot targets. The
+  default is the paper's formula because it scored higher at the default budget: digits, quick
+  preset, seeds 0/1/2: 64.07/61.00/54.04 % against 60.17/54.60/53.48 % with ``"official"``.
 * ``warm_start``: the official code initialises a class's image batch once and optimises its next
   batch (with fresh Dirichlet targets) from the previous batch's result; ``warm_start=True`` starts
   each impression from the optimised impression of the same class and β in the previous chunk
@@ -60,8 +60,8 @@ class ZSKDParams:
         lr_input: Adam learning rate on the pixels (official code: 0.001).
         synth_batch: impressions optimised together on the device (speed only, unless ``warm_start``:
             then also what one warm-started step of a class's chain holds).
-        beta_mode: ``"official"`` (the official code: its second per-row normalisation cancels β, every
-            target is ``Dir(C_c + 1e-4)``) or ``"paper"`` (``Dir(β·C_c + 1e-4)`` as the paper writes it).
+        beta_mode: ``"paper"`` (``Dir(β·C_c + 1e-4)`` as the paper writes it; the default) or ``"official"``
+            (the official code: its second per-row normalisation cancels β, every target is ``Dir(C_c + 1e-4)``).
         warm_start: start each chunk's impressions from the optimised impressions of the same class and β
             in the previous chunk, as the official code does, instead of fresh uniform noise.
     """
@@ -73,7 +73,7 @@ class ZSKDParams:
     iterations: int = 1500
     lr_input: float = 0.001
     synth_batch: int = 2000
-    beta_mode: str = "official"
+    beta_mode: str = "paper"
     warm_start: bool = False
 
 

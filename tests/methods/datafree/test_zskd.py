@@ -122,7 +122,7 @@ def test_zskd_warm_start_hands_the_chain_to_the_optimiser(teacher_run, monkeypat
     train(config, quiet=True)
     assert seen["warm_from"].tolist() == [-1] * 40 + list(range(40))
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["params"]["warm_start"] is True and info["params"]["beta_mode"] == "official"
+    assert info["params"]["warm_start"] is True and info["params"]["beta_mode"] == "paper"
 
 
 def test_a_bad_beta_mode_fails_before_anything_is_written(teacher_run, tmp_path):
