@@ -85,8 +85,8 @@ MODEL_NEEDS: dict[str, tuple[str, str]] = {
                "is not one"),
     "groups": ("attention-map groups (the stage outputs of a kdcli.models.StagedNet's forward_features)",
                "has none"),
-    "features": ("a feature vector (the declared feature, else the embedding, of a kdcli.models.StagedNet's "
-                 "forward_features)", "has none"),
+    "features": ("penultimate features (a kdcli.models.StagedNet's forward_features: its declared feature vector, "
+                 "else its embedding)", "has none"),
     "batchnorm": ("BatchNorm layers (their running statistics are matched)", "has no BatchNorm layer"),
     "classifier": ("a final nn.Linear layer giving the logits (its weights give the class similarity)", "has none"),
 }
