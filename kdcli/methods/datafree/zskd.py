@@ -20,7 +20,8 @@ its MNIST code is not released) are parameters:
 
 * ``beta_mode``: ``generateDirch`` min-max normalises each row of ``β·C`` again before adding 1e-4,
   which cancels β: both halves get ``Dir(C_c + 1e-4)``. ``"official"`` does exactly that (the
-  ``paper`` preset uses it: the paper's numbers came from this code); ``"paper"`` (the default)
+  ``paper`` preset uses it: the paper's CIFAR-10 numbers came from this code, and it is the only
+  released one); ``"paper"`` (the default)
   applies ``Dir(β·C_c + 1e-4)`` as the paper writes it, so β = 0.1 gives near one-hot targets. The
   default is the paper's formula because it scored higher at the default budget: digits, quick
   preset, seeds 0/1/2: 64.07/61.00/54.04 % against 60.17/54.60/53.48 % with ``"official"``; MNIST,
