@@ -59,7 +59,7 @@ def budget_of(config: RunConfig, params: Any = None, device_type: str | None = N
     if optim.schedule == "step":
         budget["milestones"] = list(optim.milestones)
         budget["gamma"] = optim.gamma
-    dtype = resolve_precision(train.precision, torch.device(device_type))
+    dtype = resolve_precision(cls.precision(train.precision), torch.device(device_type))
     budget["precision"] = "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16")
     budget["model"] = "+".join(config.models) if config.models else config.model
     budget.update(cls.budget_terms(params, config))

@@ -60,7 +60,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere; a method may mean fp32: Method.auto_precision) | fp32 | bf16
     cuda_graphs: str = "auto"  # auto | on | off
     #: peers (or branch bodies) of one architecture as one network: auto (wherever possible) | on (required) | off
     fuse: str = "auto"

@@ -125,6 +125,7 @@ def build(config: RunConfig, world: World | None = None, param_values: dict[str,
     config = copy.deepcopy(config)
     world = world or World()
     method_cls = method_class(config.method)
+    config.train.precision = method_cls.precision(config.train.precision)  # what "auto" means for this method
     device = select_device(config.train.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)

@@ -107,7 +107,7 @@ OPTIONS: dict[str, Opt] = {
                     TRAINING),
     # device
     "device": _config(("--device",), "auto | cpu | cuda | mps.", Optional[str], "device", DEVICE),
-    "precision": _config(("--precision",), "auto (bf16 on CUDA) | fp32 | bf16.", Optional[str], "precision", DEVICE),
+    "precision": _config(("--precision",), "auto (bf16 on CUDA; fp32 for DAFL, ZSKT) | fp32 | bf16.", Optional[str], "precision", DEVICE),
     "cuda_graphs": _config(("--cuda-graphs",), "auto | on | off (CUDA only).", Optional[str], "cuda_graphs", DEVICE),
     "fuse": _config(("--fuse",), "auto | on | off: peers or branches of one architecture run as one network "
                     "(online methods).", Optional[str], "fuse", DEVICE),

@@ -85,7 +85,8 @@ MODEL_NEEDS: dict[str, tuple[str, str]] = {
                "is not one"),
     "groups": ("attention-map groups (the stage outputs of a kdcli.models.StagedNet's forward_features)",
                "has none"),
-    "features": ("penultimate features (the embedding of a kdcli.models.StagedNet's forward_features)", "has none"),
+    "features": ("penultimate features (a kdcli.models.StagedNet's forward_features: its declared feature vector, "
+                 "else its embedding)", "has none"),
     "batchnorm": ("BatchNorm layers (their running statistics are matched)", "has no BatchNorm layer"),
     "classifier": ("a final nn.Linear layer giving the logits (its weights give the class similarity)", "has none"),
 }
@@ -180,6 +181,10 @@ class Method(nn.Module):
     synthesis: ClassVar[str] = "none"
     #: Storage of a synthesised set: ``uint8`` pixels or ``float16`` (unclipped generator output).
     synthesis_dtype: ClassVar[str] = "uint8"
+    #: What ``--precision auto`` means for this method: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere) or
+    #: ``"fp32"`` (fp32 everywhere: for a method whose result no measured row shows bf16 to leave unchanged).
+    #: An explicit ``--precision fp32|bf16`` always wins; read it through :meth:`precision`.
+    auto_precision: ClassVar[str] = "auto"
 
     def __init__(self, ctx: MethodContext, params: Any) -> None:
         super().__init__()
@@ -212,6 +217,13 @@ class Method(nn.Module):
         precision (:mod:`kdcli.budget`): what a baseline must match to be compared with it. ``params`` may be
         unresolved (the user's values). Default: ``{"members": 1}``, one model trained."""
         return {"members": 1}
+
+    @classmethod
+    def precision(cls, requested: str) -> str:
+        """The ``--precision`` a run of this method uses when ``requested`` was asked: ``auto`` becomes
+        :attr:`auto_precision`, anything else stays. The orchestrator records the result in the run's config
+        (:func:`kdcli.run.build`), so the engine, ``kd synthesize`` and the budget all read it."""
+        return cls.auto_precision if requested == "auto" else requested
 
     @classmethod
     def needs(cls, params: Any) -> dict[str, frozenset[str]]:

@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdcli.errors import KDError
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Hinton et al. (2015) soft-target loss: ``T² · KL(σ(t/T) ‖ σ(s/T))``, averaged over the batch.
@@ -153,26 +155,44 @@ def class_similarity(classifier_weight: torch.Tensor) -> torch.Tensor:
     return (sim - low) / (high - low).clamp_min(1e-12)
 
 
+#: How ZSKD applies its Dirichlet scale β (:func:`dirichlet_concentration`).
+BETA_MODES = ("paper", "official")
+
+
 def dirichlet_concentration(similarity: torch.Tensor, classes: torch.Tensor, beta: torch.Tensor | float,
-                            floor: float = 1e-4) -> torch.Tensor:
-    """ZSKD's Dirichlet concentration ``β·C_c + floor`` for each aimed class ``c`` (``[N] → [N, K]``).
+                            floor: float = 1e-4, mode: str = "paper") -> torch.Tensor:
+    """ZSKD's Dirichlet concentration for each aimed class ``c`` (``[N] → [N, K]``).
+
+    * ``mode="paper"``: ``β·C_c + floor``, the paper's ``Dir(β·C_c)``.
+    * ``mode="official"``: what the official code (vcl-iisc/ZSKD, ``generateDirch``) computes: it min-max
+      normalises the row ``β·C_c`` again before adding the floor, which cancels β:
+      ``(β·C_c − min)/(max − min) + floor`` = ``C_c + floor`` for every β.
 
     The floor keeps every concentration positive (the official code adds 1e-4): the least similar
     class has ``C_c = 0`` after min-max normalisation.
     """
+    if mode not in BETA_MODES:
+        raise KDError(f"beta_mode must be one of {', '.join(BETA_MODES)} (got {mode!r})")
     beta_t = torch.as_tensor(beta, dtype=similarity.dtype, device=similarity.device)
     if beta_t.dim() == 1:
         beta_t = beta_t.unsqueeze(1)
-    return similarity[classes] * beta_t + floor
+    scaled = similarity[classes] * beta_t
+    if mode == "official":
+        low = scaled.min(dim=1, keepdim=True).values
+        high = scaled.max(dim=1, keepdim=True).values
+        scaled = (scaled - low) / (high - low).clamp_min(1e-12)
+    return scaled + floor
 
 
-def sample_dirichlet_targets(similarity: torch.Tensor, classes: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
-    """Soft targets ``y ~ Dir(β_i·C_{c_i})`` for impressions aimed at ``classes`` with scales ``betas`` (``[N, K]``).
+def sample_dirichlet_targets(similarity: torch.Tensor, classes: torch.Tensor, betas: torch.Tensor,
+                             mode: str = "paper") -> torch.Tensor:
+    """Soft targets ``y ~ Dir(α)`` for impressions aimed at ``classes`` with scales ``betas`` (``[N, K]``);
+    ``α`` is :func:`dirichlet_concentration` in ``mode``.
 
     Drawn on the CPU in float64 from torch's global generator (seeded by the run), so the targets are
     the same on every device for one seed.
     """
-    alpha = dirichlet_concentration(similarity.double().cpu(), classes.cpu(), betas.double().cpu())
+    alpha = dirichlet_concentration(similarity.double().cpu(), classes.cpu(), betas.double().cpu(), mode=mode)
     return torch.distributions.Dirichlet(alpha).sample().float()
 
 

@@ -147,7 +147,8 @@ def model_provides(model: nn.Module) -> set[str]:
     """What ``model`` offers the methods beyond logits (the names :mod:`kdcli.methods.base` declares needs with):
 
     * ``stages``, ``groups``, ``features``: it is a :class:`StagedNet` (split into stages; stage outputs
-      as attention-map groups; the penultimate embedding, both from ``forward_features``);
+      as attention-map groups; the penultimate embedding and the declared feature vector, all from
+      ``forward_features``);
     * ``batchnorm``: it has BatchNorm layers with running statistics;
     * ``classifier``: a final ``nn.Linear`` gives the logits (:func:`classifier_layer`).
     """

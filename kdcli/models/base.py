@@ -35,10 +35,15 @@ class Features:
     Attributes:
         groups: output of each stage (block group), in order; shapes ``[B, C_i, H_i, W_i]`` or ``[B, D_i]``.
         embedding: the pooled penultimate vector the classifier reads, ``[B, D]``.
+        feature: the model's declared feature vector ``[B, D']``: the output of the stage that
+            :attr:`StagedNet.feature_stage` names, flattened; the embedding when the model declares none.
+            It is the "extracted feature" ``f_T`` of DAFL's activation loss: the official DAFL code reads
+            LeNet-5's 120-d conv3 output and a ResNet's pooled penultimate vector.
     """
 
     groups: list[torch.Tensor]
     embedding: torch.Tensor
+    feature: torch.Tensor
 
 
 class StagedNet(nn.Module):
@@ -46,9 +51,15 @@ class StagedNet(nn.Module):
 
     Subclasses (or builders) fill the four parts; ``forward`` is shared.
     ``spec`` is set by :func:`kdcli.models.create_model` so checkpoints can rebuild the model.
+
+    ``feature_stage`` declares which stage's output is the model's feature vector (``Features.feature``):
+    a builder sets it when its paper's code reads a layer other than the pooled embedding (LeNet-5:
+    the 120-unit layer, DAFL's conv3). ``None`` (the default, and every model that does not declare
+    one, your own included) means the penultimate embedding.
     """
 
     spec: ModelSpec
+    feature_stage: int | None = None
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], pool: nn.Module, classifier: nn.Linear) -> None:
         super().__init__()
@@ -68,7 +79,8 @@ class StagedNet(nn.Module):
             h = stage(h)
             groups.append(h)
         embedding = self.pool(h)
-        return self.classifier(embedding), Features(groups, embedding)
+        feature = embedding if self.feature_stage is None else groups[self.feature_stage].flatten(1)
+        return self.classifier(embedding), Features(groups, embedding, feature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)

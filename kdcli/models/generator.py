@@ -25,31 +25,39 @@ from kdcli.registry import Registry
 class Generator(nn.Module):
     """``z → FC(128·s₀²) → BN → [×2, conv3×3·128, BN, LReLU 0.2] → [×2, conv3×3·64, BN, LReLU 0.2] → conv3×3·C → head``.
 
-    ``s₀ = ⌈image_size / 4⌉``; the output is cropped to ``image_size`` when it is not a multiple of 4.
-    Both papers' generators share this DCGAN-style body and differ in the head: DAFL ends in
-    ``tanh → BN(affine=False)``, ZSKT in ``BN(affine=False)``. As in both official codes, the
-    hidden BatchNorms after the convolutions use ``eps=0.8`` (``BatchNorm2d(n, 0.8)``: the second
-    positional argument is eps, not momentum).
+    ``s₀ = ⌈image_size / 4⌉`` (8 for 32 px, as both official codes have it); ``×2`` is nearest-neighbour
+    upsampling; the output is cropped to ``image_size`` when it is not a multiple of 4. The two papers'
+    official codes share this DCGAN-style body and differ in the details, which each builder sets:
 
-    The output is in the teacher's *normalised* input space (the final BN makes it zero-mean,
-    unit-variance per channel, like a normalised real batch).
+    * DAFL (huawei-noah DAFL, ``DAFL-train.py``): the hidden BatchNorms after the convolutions use
+      ``eps=0.8`` (``nn.BatchNorm2d(n, 0.8)``: the second positional argument is eps, not momentum);
+      the head is ``tanh → BN(affine=False)``.
+    * ZSKT (polo5/ZeroShotKnowledgeTransfer, ``models/generator.py`` as last changed, Aug 2019): every
+      BatchNorm is torch's default (``eps=1e-5``, affine), the head BN included; no tanh. (The repository's
+      first commit started from 10×10 upsampled ×1.6 and had an affine-free head BN; the code was then
+      changed to this.)
+
+    The first BatchNorm (after the FC) is torch's default in both. The output is in the teacher's
+    *normalised* input space (the final BN makes it about zero-mean, unit-variance per channel, like a
+    normalised real batch).
     """
 
     spec: ModelSpec
 
-    def __init__(self, channels: int, image_size: int, latent_dim: int, tanh: bool) -> None:
+    def __init__(self, channels: int, image_size: int, latent_dim: int, tanh: bool, hidden_eps: float = 1e-5,
+                 head_affine: bool = True) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.image_size = image_size
         self.init_size = max(1, -(-image_size // 4))
         self.project = nn.Linear(latent_dim, 128 * self.init_size**2)
         self.bn0 = nn.BatchNorm2d(128)
-        self.block1 = nn.Sequential(nn.Conv2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128, 0.8), nn.LeakyReLU(0.2))
-        self.block2 = nn.Sequential(nn.Conv2d(128, 64, 3, 1, 1), nn.BatchNorm2d(64, 0.8), nn.LeakyReLU(0.2))
+        self.block1 = nn.Sequential(nn.Conv2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128, hidden_eps), nn.LeakyReLU(0.2))
+        self.block2 = nn.Sequential(nn.Conv2d(128, 64, 3, 1, 1), nn.BatchNorm2d(64, hidden_eps), nn.LeakyReLU(0.2))
         head: list[nn.Module] = [nn.Conv2d(64, channels, 3, 1, 1)]
         if tanh:
             head.append(nn.Tanh())
-        head.append(nn.BatchNorm2d(channels, affine=False))
+        head.append(nn.BatchNorm2d(channels, affine=head_affine))
         self.head = nn.Sequential(*head)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -67,13 +75,16 @@ GeneratorBuilder = Callable[..., Generator]
 GENERATORS: Registry[GeneratorBuilder] = Registry("generator")
 GENERATORS.add(
     "generator-dafl",
-    lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=True),
-    help="DAFL (Chen et al. 2019): DCGAN body, tanh + BN(affine=False) head",
+    lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=True, hidden_eps=0.8,
+                                                       head_affine=False),
+    help="DAFL (Chen et al. 2019), as its official code: DCGAN body with BN eps 0.8, tanh + BN(affine=False) head",
 )
 GENERATORS.add(
     "generator-zskt",
-    lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=False),
-    help="ZSKT (Micaelli & Storkey 2019): DCGAN body, BN(affine=False) head",
+    lambda channels, image_size, latent_dim: Generator(channels, image_size, latent_dim, tanh=False, hidden_eps=1e-5,
+                                                       head_affine=True),
+    help="ZSKT (Micaelli & Storkey 2019), as its official code: DCGAN body with default (eps 1e-5, affine) BNs, "
+         "affine BN head",
 )
 
 

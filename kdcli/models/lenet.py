@@ -26,6 +26,11 @@ def lenet(
     Stages: ``[conv1, conv2, fc1, fc2]`` (4). Images of 28 px or more use valid convolutions
     (28 → 24 → 12 → 8 → 4); smaller ones (digits 8×8, USPS 16×16) pad the convolutions to 'same'
     so the map never shrinks below 1×1, and a pool is skipped once the map is 1×1.
+
+    Declared feature (``feature_stage``): the ``fc1`` stage, the 120 units (60 in the half net) after
+    their ReLU. It is the layer the official DAFL code (huawei-noah, ``lenet.py``) returns with
+    ``out_feature=True``: its ``conv3`` (a 5×5 convolution on the 5×5 map of 32 px inputs, so exactly
+    this fully connected layer), flattened after ``relu3``.
     """
     padding = 0 if image_size >= 28 else 2
     size = image_size
@@ -48,6 +53,7 @@ def lenet(
         features = units
 
     model = StagedNet(nn.Identity(), stages, nn.Identity(), nn.Linear(features, num_classes))
+    model.feature_stage = len(conv_widths)  # the first fc stage: the official DAFL code's conv3 output
     init_weights(model)
     return model
 

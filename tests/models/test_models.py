@@ -44,6 +44,7 @@ def test_forward_and_features(name: str, shape: tuple[int, int, int]) -> None:
         assert group.shape[0] == BATCH and group.dim() in (2, 4)
         assert all(dim >= 1 for dim in group.shape)
     assert features.embedding.shape == (BATCH, model.classifier.in_features)
+    assert features.feature.dim() == 2 and features.feature.shape[0] == BATCH
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -200,3 +201,29 @@ def test_standard_init() -> None:
     conv = model.stem[0]
     fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.25)
+
+
+@pytest.mark.parametrize("name, units", [("lenet5", 120), ("lenet5-half", 60)])
+def test_lenet_declares_the_dafl_feature_the_120_unit_layer(name: str, units: int) -> None:
+    """The official DAFL lenet.py returns conv3's output (120-d, after its ReLU) as the feature: at 32 px
+    that 5×5 convolution on the 5×5 map is kd's first fc stage."""
+    model = create_model(name, 1, 32, 10).eval()
+    x = _images(1, 32)
+    with torch.no_grad():
+        _, features = model.forward_features(x)
+        conv = model.stages[1](model.stages[0](x))  # [B, 16, 5, 5]: what DAFL's conv3 reads
+        fc1 = model.stages[2][1]
+        conv3 = nn.functional.conv2d(conv, fc1.weight.view(units, -1, 5, 5), fc1.bias).relu().flatten(1)
+    assert conv.shape[2:] == (5, 5)
+    assert features.feature.shape == (BATCH, units)
+    assert torch.allclose(features.feature, conv3, atol=1e-6)
+    assert torch.equal(features.feature, features.groups[2])
+
+
+@pytest.mark.parametrize("name", ["resnet20", "wrn-16-1", "mlp-1200-1200"])
+def test_models_without_a_declared_feature_give_the_embedding(name: str) -> None:
+    model = create_model(name, 1, 28, 10).eval()
+    assert model.feature_stage is None
+    with torch.no_grad():
+        _, features = model.forward_features(_images(1, 28))
+    assert features.feature is features.embedding

@@ -6,11 +6,14 @@ The teacher acts as a fixed discriminator for a generator ``G``. Per step, with 
     L_G = α_oh·CE(t(x), argmax t(x)) − α_a·mean|f_t(x)| + α_ie·Σ_k p̄_k log₁₀ p̄_k
     L_S = KL(σ(t(x)) ‖ σ(s(x.detach())))                   (T = 1)
 
-``f_t`` is the teacher's penultimate embedding, ``p̄`` the batch-mean softmax (so the last term is
-minus the entropy of the mean prediction: it asks for a class-balanced batch; log base 10 as in the
-official code, for which the α values were tuned). ``L_G + L_S`` is back-propagated once and both
-optimizers step, as in the official code. Loss parts: ``loss``, ``generator``, ``onehot``,
-``activation``, ``entropy``, ``kd``, ``agree``.
+``f_t`` is the teacher's declared feature vector (``Features.feature``): the layer the official DAFL
+code returns with ``out_feature=True``, which is LeNet-5's 120-d conv3 output (kd's ``lenet5`` declares
+it as its ``feature_stage``) and a ResNet's pooled penultimate vector. A model that declares no
+feature (your own :class:`~kdcli.models.StagedNet` included) gives its penultimate embedding. ``p̄`` is
+the batch-mean softmax (so the last term is minus the entropy of the mean prediction: it asks for a
+class-balanced batch; log base 10 as in the official code, for which the α values were tuned).
+``L_G + L_S`` is back-propagated once and both optimizers step, as in the official code. Loss parts:
+``loss``, ``generator``, ``onehot``, ``activation``, ``entropy``, ``kd``, ``agree``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class DAFL(GeneratorDistill):
     the student learns by KD on its samples."""
 
     Params = DAFLParams
-    teacher_needs: ClassVar[frozenset[str]] = frozenset({"features"})  # the activation loss reads the embedding
+    teacher_needs: ClassVar[frozenset[str]] = frozenset({"features"})  # the activation loss reads the feature vector
     param_ranges: ClassVar[dict[str, Range]] = {"latent_dim": positive(), "lr_generator": positive(), "alpha_oh": at_least(0.0),
                                                    "alpha_a": at_least(0.0), "alpha_ie": at_least(0.0),
                                                    "iterations": positive(), "temperature": positive()}
@@ -137,6 +140,17 @@ class DAFL(GeneratorDistill):
         },
     })
 
+    preset_notes: ClassVar[dict[str, str]] = {
+        "paper": "DAFL paper, MNIST LeNet-5 (98.91) → LeNet-5-half: 98.20 % (the PAPERS.md anchor); CIFAR-10 "
+                 "ResNet-34 → ResNet-18 92.22, CIFAR-100 74.47. Official code (huawei-noah DAFL-train.py, checked): "
+                 "MNIST 200 epochs × 120 steps at batch 512 on 32 px images, Adam lr_S 2e-3 and lr_G 0.2 (both "
+                 "constant), z 100, α_oh 1, α_ie 5 (log10), α_a 0.1 on the teacher's declared feature (LeNet-5's "
+                 "120-d conv3 output); CIFAR 2000 epochs at batch 1024, z 1000, student SGD 0.1 ×0.1 at 800/1600, "
+                 "wd 5e-4, generator Adam 0.02. fp32 (--precision auto means fp32 here). Its teacher is trained "
+                 "with Adam lr 1e-3 and no weight decay: a weight-decayed teacher has smaller activations, which "
+                 "weakens the activation term.",
+    }
+
     def __init__(self, ctx: MethodContext, params: DAFLParams) -> None:
         super().__init__(ctx, params)
         info = ctx.info
@@ -163,7 +177,7 @@ class DAFL(GeneratorDistill):
         p = self.params
         images = self.generator(self.latent())
         teacher_logits, features = self.teacher.forward_features(images)
-        g = dafl_generator_loss(teacher_logits, features.embedding, p.alpha_oh, p.alpha_a, p.alpha_ie)
+        g = dafl_generator_loss(teacher_logits, features.feature, p.alpha_oh, p.alpha_a, p.alpha_ie)
         student_logits = self.student(images.detach())
         kd = kd_loss(student_logits, teacher_logits.detach(), p.temperature)
         generator_opt.zero_grad(set_to_none=True)

@@ -9,7 +9,8 @@ never loaded):
   ``kd synthesize`` calls their :meth:`~TransferSetDistill.synthesize` directly.
 * :class:`GeneratorDistill`: DAFL, ZSKT. A generator and the student train together; the method
   steps its own two optimizers (``manual_optimization``). ``kd synthesize`` trains them on the
-  engine, then samples the generator.
+  engine, then samples the generator. ``--precision auto`` means fp32 for them, on CUDA too
+  (``auto_precision``); ``--precision bf16`` still asks for mixed precision.
 
 Both write their by-products into the run through ``write_artifacts`` (the synthetic set and its
 ``samples.png``, or ``generator.safetensors``).
@@ -212,12 +213,17 @@ def optimise_pixels(
     chunk: int,
     project: Callable[[torch.Tensor], torch.Tensor],
     description: str,
+    warm_from: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adam on the pixels of ``init`` ``[N, C, H, W]``, ``chunk`` impressions at a time on the device.
 
     ``loss_fn(normalised_images, rows)`` returns one loss per impression (``rows`` says which), so the
     impressions of a chunk are independent and the chunk size only sets speed. After every step the
     pixels are mapped by ``project`` (clamp or rescale to [0, 1]). Returns float pixels on the CPU.
+
+    ``warm_from`` (``[N]`` indices, −1 for none) warm-starts impression ``i`` from the *optimised* impression
+    ``warm_from[i]`` instead of ``init[i]``; that one must lie in an earlier chunk (chunks run in order).
+    Each chunk starts a fresh Adam.
     """
     device = ctx.device
     dtype = resolve_precision(ctx.config.train.precision, device)
@@ -226,7 +232,14 @@ def optimise_pixels(
     with progress.track(description, n * iterations) as tracker:
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
-            x = init[rows].to(device).clone().requires_grad_(True)
+            x0 = init[rows].clone()
+            if warm_from is not None:
+                source = warm_from[rows]
+                warm = source >= 0
+                if bool((source[warm] >= start).any()):
+                    raise ValueError("optimise_pixels: warm_from must point into an earlier chunk")
+                x0[warm] = out[source[warm]]
+            x = x0.to(device).requires_grad_(True)
             opt = torch.optim.Adam([x], lr=lr)
             for it in range(iterations):
                 with autocast(device, dtype):
@@ -260,6 +273,9 @@ class GeneratorDistill(Method):
     primary: ClassVar[str] = "student"
     synthesis: ClassVar[str] = "generator"
     synthesis_dtype: ClassVar[str] = "float16"  # generator output is not confined to the pixel range
+    #: fp32 unless ``--precision bf16`` is asked: both papers ran fp32, and no measured row shows bf16 autocast
+    #: leaves a generator method's result unchanged (the adversarial/activation losses feed the generator).
+    auto_precision: ClassVar[str] = "fp32"
     generator: nn.Module
 
     @property
