@@ -32,15 +32,17 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def setup_device(device: torch.device, threads: int = 0) -> ThreadChoice | None:
-    """Per-process settings for ``device``: CPU threads (:func:`choose_threads` with no work estimate yet;
-    ``threads`` > 0 is ``--threads``), or cuDNN autotuning and TF32 on CUDA. Returns the CPU choice."""
+    """Per-process settings for ``device``: CPU threads (:func:`choose_threads` with no work estimate yet, less
+    the CPUs other jobs keep busy; ``threads`` > 0 is ``--threads``), or cuDNN autotuning and TF32 on CUDA. Returns the CPU choice."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if device.type != "cpu":
         return None
-    choice = choose_threads(threads)
+    # a busy machine's other jobs count here too: a data-free method synthesises with these threads, before
+    # the run's own choice (from the work per step) is made
+    choice = choose_threads(threads, busy=busy_cpus() if threads == 0 else None)
     torch.set_num_threads(choice.threads)
     return choice
 
@@ -178,8 +180,12 @@ def choose_threads(requested: int = 0, work_mmac: float | None = None, cpus: flo
     omp = environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         return ThreadChoice(int(omp), "OMP_NUM_THREADS", cpus, work_mmac, f"OMP_NUM_THREADS={omp}")
-    if work_mmac is None:
-        return ThreadChoice(whole, "auto", cpus, None, f"{whole} usable CPU{'s' * (whole > 1)}")
+    if work_mmac is None:  # before the work is known (a data-free method's synthesis): the free CPUs
+        free = whole if busy is None else max(1, min(whole, int(cpus - busy + 1e-9)))
+        reason = f"{whole} usable CPU{'s' * (whole > 1)}"
+        if free < whole:
+            reason += f"; {busy} other runnable thread{'s' * (busy != 1)} left {free} free"
+        return ThreadChoice(free, "auto", cpus, None, reason)
     wanted = max(1, min(whole, int(work_mmac // WORK_PER_THREAD_MMAC)))
     reason = (f"{work_mmac:,.0f} M multiply-accumulates per step: one thread per {WORK_PER_THREAD_MMAC:,.0f} M, "
               f"at most the {cpus:g} usable CPUs")

@@ -56,6 +56,10 @@ def test_threads_leave_the_cores_other_jobs_hold(tmp_path):
     assert shared.threads == 1 and "1 other runnable thread left 1 free" in shared.reason
     assert choose_threads(0, work, cpus=2, busy=7, environ={}).threads == 1
     assert choose_threads(2, work, cpus=2, busy=7, environ={}).threads == 2  # --threads is obeyed
+    # before the work is known (a data-free method's synthesis) the busy cores count as well
+    assert choose_threads(0, None, cpus=2, busy=0, environ={}).threads == 2
+    early = choose_threads(0, None, cpus=2, busy=3, environ={})
+    assert early.threads == 1 and "left 1 free" in early.reason
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("3.10 2.00 1.50 3/412 12345\n")  # 3 runnable, this process among them
     assert busy_cpus(samples=2, interval_s=0.0, loadavg=loadavg) == 2

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 
 from kdcli.config import Range, at_least, positive
+from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, adam, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import dafl_generator_loss, kd_loss
@@ -42,6 +43,9 @@ class DAFLParams:
         alpha_ie: weight of the information-entropy loss (5; CIFAR-100 20).
         iterations: steps per epoch (120).
         temperature: T of the student's KL (1).
+        activation_layer: what the activation term reads: ``"declared"`` (the model's declared feature, the
+            official code's layer; the default) or ``"embedding"`` (the penultimate embedding, what kd read
+            before issue 11: LeNet-5's 84-d fc2 output), kept so the two can be compared at one budget.
     """
 
     latent_dim: int = 100
@@ -51,6 +55,10 @@ class DAFLParams:
     alpha_ie: float = 5.0
     iterations: int = 120
     temperature: float = 1.0
+    activation_layer: str = "declared"
+
+
+ACTIVATION_LAYERS = ("declared", "embedding")
 
 
 @register_method("dafl", command="distill-datafree",
@@ -168,6 +176,13 @@ class DAFL(GeneratorDistill):
         # hyperparameters: on CUDA the whole step is one graph
         return True
 
+    @classmethod
+    def resolve_params(cls, params: DAFLParams, ctx: MethodContext) -> DAFLParams:
+        if params.activation_layer not in ACTIVATION_LAYERS:
+            raise KDError(f"dafl: activation_layer must be one of {', '.join(ACTIVATION_LAYERS)} "
+                          f"(got {params.activation_layer!r})")
+        return super().resolve_params(params, ctx)
+
     def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
         """Only the student's: the official code keeps the generator's learning rate fixed."""
         return self.optimizers()[1:]
@@ -177,7 +192,8 @@ class DAFL(GeneratorDistill):
         p = self.params
         images = self.generator(self.latent())
         teacher_logits, features = self.teacher.forward_features(images)
-        g = dafl_generator_loss(teacher_logits, features.feature, p.alpha_oh, p.alpha_a, p.alpha_ie)
+        activations = features.feature if p.activation_layer == "declared" else features.embedding
+        g = dafl_generator_loss(teacher_logits, activations, p.alpha_oh, p.alpha_a, p.alpha_ie)
         student_logits = self.student(images.detach())
         kd = kd_loss(student_logits, teacher_logits.detach(), p.temperature)
         generator_opt.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ import torch
 
 from kdcli.budget import budget_of
 from kdcli.device import resolve_precision
+from kdcli.errors import KDError
 from kdcli.methods.datafree import dafl
 from kdcli.presets import method_class, resolve_config
 from kdcli.run import train
@@ -51,3 +52,15 @@ def test_dafl_reads_the_teachers_declared_feature_and_records_fp32(teacher_run: 
     assert seen == [(16, 120), (16, 120)]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["config"]["train"]["precision"] == "fp32"
+    # what kd read before (the penultimate embedding), kept as a named choice to compare at one budget
+    seen.clear()
+    config = datafree_config(teacher_run, "dafl", tmp_path / "before", batch_size=16, iterations=2,
+                             activation_layer="embedding")
+    config.train.epochs = 1
+    train(config, quiet=True)
+    assert seen == [(16, 84), (16, 84)]
+    config = datafree_config(teacher_run, "dafl", tmp_path / "bad", batch_size=16, iterations=2,
+                             activation_layer="conv9")
+    with pytest.raises(KDError, match="activation_layer must be one of declared, embedding"):
+        train(config, quiet=True)
+    assert not (tmp_path / "bad").exists()
