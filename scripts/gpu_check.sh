@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_check.sh speed        # issue 12, one call, ~5 minutes on an H200 (budget: 10):
 #                                          #   fused (CUDA equivalence) + online + graphs + dafl
+#   bash scripts/gpu_check.sh datafree     # issue 11: the MNIST data-free table at the full paper protocols
 #   bash scripts/gpu_check.sh bench cifar-teacher     # the older sections
 #   DEVICE=cpu QUICK=1 bash scripts/gpu_check.sh speed   # a smoke run of the same commands on a CPU
 #
@@ -119,6 +120,21 @@ print(f"dafl: epochs {times} s; steady {per_epoch:.2f} s/epoch = {1000 * per_epo
       f"200 epochs ≈ {200 * per_epoch / 60:.1f} min (target ≤ 2)")
 PY
       ;;
+    datafree)
+      # issue 11: MNIST LeNet-5 → LeNet-5-half at the full paper protocols, fp32, the paper-recipe teacher
+      # (kd train-teacher --preset paper: Adam, all 60k images, 32 px). Needs MNIST in $KD_DATA_DIR (carry
+      # .device/data: the four MNIST idx files, ~11 MB gzipped). One seed; 4 runs at a time share the GPU.
+      # Sizing: the DAFL section above measures 200 × 120 × 512 at ≤ 2 minutes; ZSKD's 24k impressions ×
+      # 1500 steps and 500 student epochs, and Lopes' 1000-step reconstructions, are timed by their own
+      # rows (minutes/run); DATAFREE_EPOCHS (default: the papers') shortens every student schedule.
+      KD_DATA_DIR="${KD_DATA_DIR:-$PWD/.device/data}" "$PY" scripts/reproduce_datafree.py --dataset mnist \
+        --device "$DEVICE" --preset paper --teacher-preset paper --record-metadata full \
+        --methods noise,dafl,zskd,lopes,kd --row "lopes, full statistics=lopes --statistics full" \
+        --common-extra "--precision fp32 ${DATAFREE_EPOCHS:+--epochs $DATAFREE_EPOCHS}" --kd-epochs 20 \
+        --seeds "${SEEDS:-0}" --jobs 4 --out "$OUT/datafree" --tag mnist-gpu-paper-issue11 \
+        --machine "$(nvidia-smi -L 2>/dev/null | head -1)" --no-docs --body-out "$OUT/datafree.md" \
+        2>&1 | tee "$OUT/datafree.log"
+      ;;
     bench)
       "$PY" scripts/bench.py --device cuda --cases lenet5-mnist,resnet32-cifar --engine-batches 128,512 \
         --workers 8 --steps 100 --warmup 20 --json-out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
@@ -155,7 +171,7 @@ PY
       "$PY" -c "import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); print('test top-1 uninterrupted', a['metrics']['test'], 'resumed', b['metrics']['test'], '(bit-identical only where CUDA kernels are deterministic)')" "$L/full.json" "$L/cut.json"
       ;;
     *)
-      echo "unknown section $section (speed, fused, online, graphs, dafl, bench, cifar-teacher, user-models, lifecycle)" >&2; exit 2
+      echo "unknown section $section (speed, fused, online, graphs, dafl, datafree, bench, cifar-teacher, user-models, lifecycle)" >&2; exit 2
       ;;
   esac
 done

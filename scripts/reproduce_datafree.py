@@ -198,6 +198,13 @@ def reproduce(args: argparse.Namespace) -> str:
         cmd = teacher_cmd(args, args.bn_teacher_model, teachers["bn"])
         teacher_infos["bn"], _ = run_one(cmd, teachers["bn"])
         commands.append(" ".join(cmd))
+    if args.record_metadata:  # e.g. Lopes' full statistics, which kd train-teacher does not record
+        cmd = kd_cmd("record-metadata", "--teacher", rel(teachers["plain"]), "--statistics", args.record_metadata,
+                     "--device", args.device)
+        if not (teachers["plain"] / f"metadata-{args.record_metadata}.safetensors").is_file():
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run([sys.executable, "-m", "kdcli", *cmd[1:]], cwd=ROOT, check=True)
+        commands.append(" ".join(cmd))
     plan = planned_rows(args, methods)
     jobs = []
     for label, group, method, extra in plan:
@@ -335,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher-preset", default="",
                         help="train the teacher with `kd train-teacher --preset P` (e.g. paper) instead of the flags")
     parser.add_argument("--teacher-extra", default="", help="extra flags for the teacher run")
+    parser.add_argument("--record-metadata", default="",
+                        help="record this Lopes statistics variant on the teacher first (e.g. full)")
     parser.add_argument("--common-extra", default="", help="extra flags for every student run (e.g. --threads 1)")
     parser.add_argument("--row", action="append", default=[],
                         help="an extra row 'LABEL=METHOD FLAGS' (repeatable): one method with extra flags")

@@ -404,9 +404,14 @@ def check_variant(variant: str) -> str:
 
 
 def writable(run_dir: Path, variant: str) -> Path:
-    """The variant's file, refusing to replace a file of that name that kd did not write."""
+    """The variant's file, refusing to replace a file of that name that kd did not write.
+
+    A run still being written (a teacher's training, or its ``--resume`` after a kill between this file's
+    write and the ``run.json`` that lists it) owns its directory, claimed before any work: the file there
+    is its own. A finished run's ``run.json`` lists every file kd wrote (``kd record-metadata``)."""
     path = run_dir / FILES[variant]
-    if path.exists() and path.name not in checkpoint.known_entries(checkpoint.read_run(run_dir)):
+    info = checkpoint.read_run(run_dir)
+    if path.exists() and info.get("status") == "complete" and path.name not in checkpoint.known_entries(info):
         raise KDError(f"{path} exists and kd did not write it (run.json does not list it); move it away first")
     return path
 
