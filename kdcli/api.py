@@ -176,6 +176,8 @@ def _split(command: str, method: str, options: dict[str, Any], params: dict[str,
     flags: dict[str, Any] = {}
     method_flags: dict[str, Any] = dict(params or {})
     for key, value in options.items():
+        if isinstance(value, (os.PathLike, Run)) and key in ("out", "data_dir", "teacher", "synthetic"):
+            value = _ref(value)  # a path given as a Path (or a Run) is the string the config holds
         if key in CONFIG_KEYS:
             flags[key] = value
         elif key in fields:

@@ -116,3 +116,9 @@ def test_two_instances_of_one_class_are_refused(tmp_path):
     with pytest.raises(KDError, match="two nn.Module instances of one class"):
         api.distill_online("dml", models=[ConvNet(10, 1), ConvNet(10, 1)])
     assert not Path("runs").exists()
+
+
+def test_paths_may_be_path_objects(tmp_path):
+    """`out=Path(...)`, `data_dir=Path(...)`: the config holds the same strings the CLI would give it."""
+    config = api.config("train-teacher", "supervised", out=tmp_path / "run", data_dir=tmp_path)
+    assert config.out == str(tmp_path / "run") and config.data.data_dir == str(tmp_path)
