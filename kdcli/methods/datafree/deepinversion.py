@@ -28,7 +28,7 @@ from kdcli.data import synthetic
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.device import autocast, resolve_precision
 from kdcli.methods.base import Preset, register_method
-from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, with_student
+from kdcli.methods.datafree.transfer import DIGITS_STUDENT, TransferSetDistill, finish_set, with_student
 from kdcli.methods.losses import bn_stat_loss, input_l2, total_variation_l2
 
 
@@ -121,11 +121,7 @@ class DeepInversion(TransferSetDistill):
             # digits (8×8) from the default ResNet-20 teacher: sized to ~20 s on one CPU thread (a small set,
             # few fast input steps, many cheap student epochs; T = 8; measured there)
             "digits": {
-                "epochs": 30,
-                "batch_size": 64,
-                "optimizer": "adam",
-                "lr": 5e-3,
-                "weight_decay": 0.0,
+                **DIGITS_STUDENT,
                 "method": {"n": 384, "iterations": 40, "lr_input": 0.25, "temperature": 8.0},
             },
         },

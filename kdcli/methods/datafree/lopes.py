@@ -45,7 +45,13 @@ from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.errors import KDError
 from kdcli.methods.base import Preset, register_method
 from kdcli.methods.datafree import lopes_statistics as statistics
-from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
+from kdcli.methods.datafree.transfer import (
+    DIGITS_STUDENT,
+    TransferSetDistill,
+    finish_set,
+    optimise_pixels,
+    with_student,
+)
 from kdcli.methods.losses import activation_match_loss
 
 
@@ -113,11 +119,7 @@ class Lopes(TransferSetDistill):
             # digits (8×8) from the default ResNet-20 teacher: sized to ~20 s on one CPU thread (a small set,
             # many cheap student epochs; measured there)
             "digits": {
-                "epochs": 30,
-                "batch_size": 64,
-                "optimizer": "adam",
-                "lr": 5e-3,
-                "weight_decay": 0.0,
+                **DIGITS_STUDENT,
                 "method": {"n": 400, "iterations": 80},
             },
         },

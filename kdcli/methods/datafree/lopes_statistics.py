@@ -321,26 +321,29 @@ def record(
     tensors["all0.basis"] = all_basis
     for i, b in enumerate(pair_basis):
         tensors[f"pair{i}.basis"] = b
-    weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
-    description = {
-        "kind": "lopes-metadata",
-        "format": FORMAT,
-        "statistics": "pooled",
-        "role": role,
-        "teacher_sha256": _file_sha256(weights_file),
+    return _write(run_dir, role, "pooled", tensors, {
         "layers": sizes,
         "spectral_fraction": SPECTRAL_FRACTION,
         "objectives": list(OBJECTIVES),
         "train_samples": len(train),
         "dataset": info.name,
-    }
-    path = writable(run_dir, "pooled")
+    })
+
+
+def _write(run_dir: Path, role: str, variant: str, tensors: dict[str, torch.Tensor],
+           facts: dict[str, Any]) -> dict[str, Any]:
+    """Write one variant's statistics file (its description in the safetensors metadata) and return the
+    ``run.json`` entry that lists it."""
+    weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
+    description = {"kind": "lopes-metadata", "format": FORMAT, "statistics": variant, "role": role,
+                   "teacher_sha256": _file_sha256(weights_file), **facts}
+    path = writable(run_dir, variant)
     checkpoint.save_tensors(
         path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)}
     )
     return {
-        "file": METADATA_FILE,
-        "statistics": "pooled",
+        "file": FILES[variant],
+        "statistics": variant,
         "format": FORMAT,
         "bytes": path.stat().st_size,
         **{k: description[k] for k in ("layers", "objectives", "train_samples")},
@@ -568,13 +571,7 @@ def record_full(
     for i in range(len(sizes)):
         tensors[f"full{i}.mean"] = torch.stack(means[i])
         tensors[f"full{i}.factor_tril"] = torch.stack(factors[i])
-    weights_file = run_dir / checkpoint.read_run(run_dir)["roles"][role]["file"]
-    description = {
-        "kind": "lopes-metadata",
-        "format": FORMAT,
-        "statistics": "full",
-        "role": role,
-        "teacher_sha256": _file_sha256(weights_file),
+    return _write(run_dir, role, "full", tensors, {
         "layers": sizes,
         "shapes": [list(shape) for shape in shapes],
         "factor": "cholesky, lower triangle packed row by row (torch.tril_indices)",
@@ -583,18 +580,7 @@ def record_full(
         "objectives": ["top_layer", "all_layers"],
         "train_samples": len(train),
         "dataset": info.name,
-    }
-    path = writable(run_dir, "full")
-    checkpoint.save_tensors(
-        path, tensors, {"kd_format": checkpoint.FORMAT_VERSION, "metadata": json.dumps(description)}
-    )
-    return {
-        "file": FULL_METADATA_FILE,
-        "statistics": "full",
-        "format": FORMAT,
-        "bytes": path.stat().st_size,
-        **{k: description[k] for k in ("layers", "objectives", "train_samples")},
-    }
+    })
 
 
 def _pre_activation_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:

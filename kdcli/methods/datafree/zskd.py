@@ -45,7 +45,13 @@ from kdcli.config import Range, positive
 from kdcli.data.synthetic import SyntheticSet, class_order
 from kdcli.errors import KDError
 from kdcli.methods.base import MethodContext, Preset, register_method
-from kdcli.methods.datafree.transfer import TransferSetDistill, finish_set, optimise_pixels, with_student
+from kdcli.methods.datafree.transfer import (
+    DIGITS_STUDENT,
+    TransferSetDistill,
+    finish_set,
+    optimise_pixels,
+    with_student,
+)
 from kdcli.methods.losses import BETA_MODES, class_similarity, sample_dirichlet_targets
 from kdcli.models import classifier_layer
 
@@ -135,11 +141,7 @@ class ZSKD(TransferSetDistill):
             # digits (8×8) from the default ResNet-20 teacher: sized to ~20 s on one CPU thread (a small set,
             # few fast input steps, many cheap student epochs); T = 8 rather than 20 (measured there: +40 points)
             "digits": {
-                "epochs": 30,
-                "batch_size": 64,
-                "optimizer": "adam",
-                "lr": 5e-3,
-                "weight_decay": 0.0,
+                **DIGITS_STUDENT,
                 "method": {"n": 400, "iterations": 80, "lr_input": 0.2, "temperature": 8.0},
             },
         },
