@@ -86,7 +86,9 @@ class ZSKT(GeneratorDistill):
                 "method": {"iterations": 10, "student_steps": 5},
             },
             # digits (8×8) from the default ResNet-20 teacher: sized to ~20 s on one CPU thread (80 generator
-            # steps); a faster student rate and T = 4 (measured there)
+            # steps, 10 student steps each); a faster student rate, T = 8 and no attention term (β 0: on 8×8
+            # inputs ResNet-20's attention maps are 8/4/2 px, and matching them held seed 0 level with noise
+            # where the KL alone scores +19 over it; β 25 fell below noise + 10 on seed 1; measured there)
             "digits": {
                 "epochs": 8,
                 "batch_size": 64,
@@ -94,7 +96,7 @@ class ZSKT(GeneratorDistill):
                 "lr": 1e-2,
                 "weight_decay": 0.0,
                 "schedule": "cosine",
-                "method": {"iterations": 10, "student_steps": 5, "temperature": 4.0},
+                "method": {"iterations": 10, "student_steps": 10, "temperature": 8.0, "beta": 0.0},
             },
         },
         "paper": {
