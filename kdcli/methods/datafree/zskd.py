@@ -108,6 +108,10 @@ def warm_start_sources(keys: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 #: The impressions of the paper and its official code (MNIST's count; CIFAR-10 makes 40000).
+#: The official student schedule (vcl-iisc/ZSKD ``model_training/train.py``): 500 epochs at batch 64, Adam 1e-3
+#: held constant.
+PAPER_STUDENT = {"epochs": 500, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+                 "schedule": "constant"}
 PAPER_IMPRESSIONS = {"n": 24000, "iterations": 1500, "lr_input": 0.001, "beta_mode": "official", "warm_start": True}
 
 
@@ -148,32 +152,14 @@ class ZSKD(TransferSetDistill):
         "paper": {
             # the official student schedule (vcl-iisc/ZSKD model_training/train.py): 500 epochs at batch 64,
             # Adam lr 1e-3 held constant; impressions as its di_generation code makes them
-            "*": {
-                "epochs": 500,
-                "batch_size": 64,
-                "optimizer": "adam",
-                "lr": 1e-3,
-                "weight_decay": 0.0,
-                "schedule": "constant",
-                "method": PAPER_IMPRESSIONS,
-            },
+            "*": {**PAPER_STUDENT, "method": PAPER_IMPRESSIONS},
             "mnist": {
-                "epochs": 500,
-                "batch_size": 64,
-                "optimizer": "adam",
-                "lr": 1e-3,
-                "weight_decay": 0.0,
-                "schedule": "constant",
+                **PAPER_STUDENT,
                 "augment": "crop",  # random shifts: a flipped digit is another glyph
                 "method": PAPER_IMPRESSIONS,
             },
             "cifar10": {
-                "epochs": 500,
-                "batch_size": 64,
-                "optimizer": "adam",
-                "lr": 1e-3,
-                "weight_decay": 0.0,
-                "schedule": "constant",
+                **PAPER_STUDENT,
                 "augment": "crop_flip",
                 "method": {**PAPER_IMPRESSIONS, "n": 40000},
             },
