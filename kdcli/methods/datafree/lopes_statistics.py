@@ -52,7 +52,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -358,21 +358,10 @@ def load(run_ref: str, variant: str = "pooled") -> "Metadata | FullMetadata":
     check_variant(variant)
     if variant == "full":
         return load_full(run_ref)
-    run_dir, role, info = checkpoint.resolve_role(run_ref)
-    path = run_dir / METADATA_FILE
-    if not path.is_file():
-        raise KDError(
-            f"teacher run {str(run_dir)!r} has no activation metadata (Lopes et al. need it); "
-            f"add it with: kd record-metadata --teacher {run_dir}"
-        )
-    tensors, raw = checkpoint.load_tensors(path)
-    try:
-        description = json.loads(raw["metadata"])
-        if description.get("statistics", "pooled") != "pooled":
-            raise KeyError("statistics")
+
+    def build(tensors: dict[str, torch.Tensor], description: dict[str, Any]) -> Metadata:
         layers = len(description["layers"])
-        weights_file = run_dir / info["roles"][description["role"]]["file"]
-        result = Metadata(
+        return Metadata(
             [tensors[f"layer{i}.mean"] for i in range(layers)],
             [tensors[f"layer{i}.std"] for i in range(layers)],
             tensors["all0.basis"],
@@ -384,14 +373,33 @@ def load(run_ref: str, variant: str = "pooled") -> "Metadata | FullMetadata":
             tensors["class_count"],
             description,
         )
+
+    return _read(run_ref, "pooled", build, missing="activation metadata (Lopes et al. need it); add it with",
+                 foreign="kd activation metadata; re-create it")
+
+
+def _read(run_ref: str, variant: str, build: Callable[[dict[str, torch.Tensor], dict[str, Any]], Any], *,
+          missing: str, foreign: str) -> Any:
+    """Read one variant's statistics file of a teacher run (``build`` makes the object from its tensors and
+    description). A missing file, a file of another kind or variant (one without a ``statistics`` field is
+    pooled), and statistics recorded for other weights each get the ``kd record-metadata`` command that
+    makes them again."""
+    run_dir, role, info = checkpoint.resolve_role(run_ref)
+    path = run_dir / FILES[variant]
+    again = f"kd record-metadata --teacher {run_dir}" + (" --statistics full" if variant == "full" else "")
+    if not path.is_file():
+        raise KDError(f"teacher run {str(run_dir)!r} has no {missing}: {again}")
+    tensors, raw = checkpoint.load_tensors(path)
+    try:
+        description = json.loads(raw["metadata"])
+        if description.get("statistics", "pooled") != variant:
+            raise KeyError("statistics")
+        weights_file = run_dir / info["roles"][description["role"]]["file"]
+        result = build(tensors, description)
     except (KeyError, json.JSONDecodeError):
-        raise KDError(
-            f"{path} is not kd activation metadata; re-create it: kd record-metadata --teacher {run_dir}"
-        ) from None
+        raise KDError(f"{path} is not {foreign}: {again}") from None
     if description["role"] == role and _file_sha256(weights_file) != description["teacher_sha256"]:
-        raise KDError(
-            f"{path} was recorded for other teacher weights; re-create it: kd record-metadata --teacher {run_dir}"
-        )
+        raise KDError(f"{path} was recorded for other teacher weights; re-create it: {again}")
     return result
 
 
@@ -608,30 +616,14 @@ def _unpack_lower(packed: torch.Tensor, size: int) -> torch.Tensor:
 
 def load_full(run_ref: str) -> FullMetadata:
     """The full statistics of a teacher run; a run without them gets the command that adds them."""
-    run_dir, role, info = checkpoint.resolve_role(run_ref)
-    path = run_dir / FULL_METADATA_FILE
-    if not path.is_file():
-        raise KDError(
-            f"teacher run {str(run_dir)!r} has no full activation statistics (Lopes et al. with statistics=full "
-            f"need them); add them with: kd record-metadata --teacher {run_dir} --statistics full"
-        )
-    tensors, raw = checkpoint.load_tensors(path)
-    try:
-        description = json.loads(raw["metadata"])
-        if description["statistics"] != "full":
-            raise KeyError("statistics")
+
+    def build(tensors: dict[str, torch.Tensor], description: dict[str, Any]) -> FullMetadata:
         layers = len(description["layers"])
-        weights_file = run_dir / info["roles"][description["role"]]["file"]
-        result = FullMetadata([tensors[f"full{i}.mean"] for i in range(layers)],
-                              [_unpack_lower(tensors[f"full{i}.factor_tril"], size)
-                               for i, size in enumerate(description["layers"])],
-                              tensors["class_count"], description)
-    except (KeyError, json.JSONDecodeError):
-        raise KDError(
-            f"{path} is not kd's full activation statistics; re-create them: "
-            f"kd record-metadata --teacher {run_dir} --statistics full"
-        ) from None
-    if description["role"] == role and _file_sha256(weights_file) != description["teacher_sha256"]:
-        raise KDError(f"{path} was recorded for other teacher weights; re-create it: "
-                      f"kd record-metadata --teacher {run_dir} --statistics full")
-    return result
+        return FullMetadata([tensors[f"full{i}.mean"] for i in range(layers)],
+                            [_unpack_lower(tensors[f"full{i}.factor_tril"], size)
+                             for i, size in enumerate(description["layers"])],
+                            tensors["class_count"], description)
+
+    return _read(run_ref, "full", build,
+                 missing="full activation statistics (Lopes et al. with statistics=full need them); add them with",
+                 foreign="kd's full activation statistics; re-create them")
