@@ -151,6 +151,9 @@ class Method(nn.Module):
     #: The range of each numeric hyperparameter (``positive()``, ``between(0, 1)``...), checked with its type
     #: whatever set it (preset, TOML, flag, ``--param``); a list is checked element by element.
     param_ranges: ClassVar[dict[str, Range]] = {}
+    #: The values each text hyperparameter may take (``{"beta_mode": ("paper", "official")}``), checked with
+    #: the ranges.
+    param_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: ``{preset name: {dataset name or "*": config overrides}}``; ``quick`` is the default preset.
     #: Overrides are flat config keys (``epochs``, ``lr``, ``model``...) plus ``method`` for the
     #: method's own hyperparameters. A ``paper`` preset's docstring names the table it reproduces.
@@ -203,7 +206,7 @@ class Method(nn.Module):
     @classmethod
     def make_params(cls, values: dict[str, Any]) -> Any:
         """The ``Params`` dataclass from typed values, checked against :attr:`param_ranges` (see :func:`make_params`)."""
-        return make_params(cls.Params, values, cls.name, cls.param_ranges)
+        return make_params(cls.Params, values, cls.name, cls.param_ranges, cls.param_choices)
 
     @classmethod
     def resolve_params(cls, params: Any, ctx: MethodContext) -> Any:
@@ -407,12 +410,14 @@ def _step_options(params: list[nn.Parameter], lr: float) -> dict[str, Any]:
     return {"lr": lr}
 
 
-def make_params(cls: type, values: dict[str, Any], method: str, ranges: dict[str, Range] | None = None) -> Any:
+def make_params(cls: type, values: dict[str, Any], method: str, ranges: dict[str, Range] | None = None,
+                choices: dict[str, tuple[str, ...]] | None = None) -> Any:
     """Build a method's hyperparameter dataclass from typed values; wrong types, ranges and unknown keys fail.
 
     Types are strict (:func:`kdcli.config.check_type`): a bool is not an int, a string is not a float,
     ``1.5`` is not a count. Text from ``--param KEY=VALUE`` is parsed first, by :func:`parse_param_text`.
-    ``ranges`` (a method's :attr:`Method.param_ranges`) bounds numbers, defaults included.
+    ``ranges`` (a method's :attr:`Method.param_ranges`) bounds numbers, defaults included; ``choices``
+    (:attr:`Method.param_choices`) lists the values a text parameter may take.
     """
     if not dataclasses.is_dataclass(cls):
         if values := {k: v for k, v in values.items() if v is not None}:
@@ -433,6 +438,10 @@ def make_params(cls: type, values: dict[str, Any], method: str, ranges: dict[str
     params = cls(**kwargs)
     for key, rule in (ranges or {}).items():
         check_range(f"method {method!r}: {key}", getattr(params, key), rule)
+    for key, allowed in (choices or {}).items():
+        if getattr(params, key) not in allowed:
+            raise KDError(f"method {method!r}: {key} must be one of {', '.join(allowed)} "
+                          f"(got {getattr(params, key)!r})")
     return params
 
 

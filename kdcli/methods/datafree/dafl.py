@@ -24,7 +24,6 @@ from typing import ClassVar
 import torch
 
 from kdcli.config import Range, at_least, positive
-from kdcli.errors import KDError
 from kdcli.methods.base import Batch, MethodContext, Preset, adam, agreement, build_optimizer, register_method
 from kdcli.methods.datafree.transfer import GeneratorDistill, student_for, with_student
 from kdcli.methods.losses import dafl_generator_loss, kd_loss
@@ -72,6 +71,7 @@ class DAFL(GeneratorDistill):
     param_ranges: ClassVar[dict[str, Range]] = {"latent_dim": positive(), "lr_generator": positive(), "alpha_oh": at_least(0.0),
                                                    "alpha_a": at_least(0.0), "alpha_ie": at_least(0.0),
                                                    "iterations": positive(), "temperature": positive()}
+    param_choices: ClassVar[dict[str, tuple[str, ...]]] = {"activation_layer": ACTIVATION_LAYERS}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {  # the generator dominates the cost: ~1 s per batch of 64 MNIST images on one CPU core
             "*": {
@@ -175,13 +175,6 @@ class DAFL(GeneratorDistill):
         # noise, generator, teacher, student and both optimizer steps are device work with fixed
         # hyperparameters: on CUDA the whole step is one graph
         return True
-
-    @classmethod
-    def resolve_params(cls, params: DAFLParams, ctx: MethodContext) -> DAFLParams:
-        if params.activation_layer not in ACTIVATION_LAYERS:
-            raise KDError(f"dafl: activation_layer must be one of {', '.join(ACTIVATION_LAYERS)} "
-                          f"(got {params.activation_layer!r})")
-        return super().resolve_params(params, ctx)
 
     def scheduled_optimizers(self) -> list[torch.optim.Optimizer]:
         """Only the student's: the official code keeps the generator's learning rate fixed."""

@@ -43,8 +43,7 @@ import torch
 
 from kdcli.config import Range, positive
 from kdcli.data.synthetic import SyntheticSet, class_order
-from kdcli.errors import KDError
-from kdcli.methods.base import MethodContext, Preset, register_method
+from kdcli.methods.base import Preset, register_method
 from kdcli.methods.datafree.transfer import (
     DIGITS_STUDENT,
     TransferSetDistill,
@@ -124,6 +123,7 @@ class ZSKD(TransferSetDistill):
     param_ranges: ClassVar[dict[str, Range]] = {"n": positive(), "temperature": positive(), "betas": positive(),
                                                    "iterations": positive(), "lr_input": positive(),
                                                    "synth_batch": positive()}
+    param_choices: ClassVar[dict[str, tuple[str, ...]]] = {"beta_mode": BETA_MODES}
     presets: ClassVar[dict[str, Preset]] = with_student({
         "quick": {
             "*": {
@@ -177,12 +177,6 @@ class ZSKD(TransferSetDistill):
                  "transfer sets offer random shifts (±2 px) and flips, relabelled by the teacher: MNIST gets the "
                  "shifts, CIFAR-10 shifts and flips; the scalings, rotations and noise are not reproduced.",
     }
-
-    @classmethod
-    def resolve_params(cls, params: ZSKDParams, ctx: MethodContext) -> ZSKDParams:
-        if params.beta_mode not in BETA_MODES:
-            raise KDError(f"zskd: beta_mode must be one of {', '.join(BETA_MODES)} (got {params.beta_mode!r})")
-        return super().resolve_params(params, ctx)
 
     def synthesize(self, n: int) -> SyntheticSet:
         ctx, params = self.ctx, self.params
